@@ -1,0 +1,17 @@
+"""spikeconverter: convert trained PyTorch CNNs into spiking networks that compute the same function.
+
+    import spikeconverter as sc
+    snn = sc.convert(model, calibration, timesteps=8, beta=2.0)
+    logits = snn(x)              # exact fast path (the quantizer twin)
+    res = snn.simulate(x)        # time-stepped two-phase simulation
+"""
+
+__version__ = "0.1.0"
+
+from . import data, models, neuron  # noqa: E402
+from .convert import LayerInfo, SpikingNetwork, convert  # noqa: E402
+from .engine import SimulationResult  # noqa: E402
+from .graph import UnsupportedOperationError  # noqa: E402
+
+__all__ = ["LayerInfo", "SimulationResult", "SpikingNetwork", "UnsupportedOperationError", "convert", "data",
+           "models", "neuron"]

@@ -1,0 +1,58 @@
+"""The model zoo: ``create(name, num_classes, dataset, pretrained)`` and ``available()``.
+
+Shipped checkpoints live in ``spikeconverter/checkpoints/<name>-<dataset>.safetensors`` (weights,
+with their metadata as JSON inside the safetensors header; loading never unpickles code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..data.datasets import DATASETS
+from .mobilenet import MobileNetV2, mobilenet_v2
+from .resnet import BasicBlock, ResNet, resnet20, resnet34
+from .vgg import VGG, vgg16
+
+BUILDERS = {"vgg16": vgg16, "resnet20": resnet20, "resnet34": resnet34, "mobilenet_v2": mobilenet_v2}
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+__all__ = ["BUILDERS", "BasicBlock", "MobileNetV2", "ResNet", "VGG", "available", "create", "shipped_checkpoint"]
+
+
+def shipped_checkpoint(name: str, dataset: str) -> Path | None:
+    p = CHECKPOINT_DIR / f"{name}-{dataset}.safetensors"
+    return p if p.is_file() else None
+
+
+def available() -> dict[str, list[str]]:
+    """Model names, each with the datasets it has a shipped checkpoint for."""
+    return {n: [d for d in DATASETS if shipped_checkpoint(n, d)] for n in BUILDERS}
+
+
+def create(name: str, num_classes: int | None = None, dataset: str = "cifar10", pretrained: bool = False,
+           in_channels: int | None = None, image_size: int | None = None) -> nn.Module:
+    """Build ``name`` shaped for ``dataset`` (input size and channels); ``pretrained=True`` loads the
+    shipped checkpoint for (name, dataset) and returns the model in eval mode."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(BUILDERS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    info = DATASETS[dataset]
+    model = BUILDERS[name](
+        num_classes=num_classes or info.num_classes,
+        in_channels=in_channels or info.channels,
+        image_size=image_size or info.image_size,
+    )
+    if pretrained:
+        path = shipped_checkpoint(name, dataset)
+        if path is None:
+            shipped = [f"{n}/{d}" for n, ds in available().items() for d in ds]
+            raise ValueError(
+                f"no shipped checkpoint for {name}/{dataset}; shipped: {', '.join(shipped) or 'none'}"
+            )
+        from ..checkpoint import load_weights
+
+        load_weights(model, path)
+        model.eval()
+    return model

@@ -1,0 +1,137 @@
+"""iLIF neuron dynamics as small pure tensor functions, and the quantizer that is their exact twin.
+
+Units. A spike train s(1..T) of a layer with threshold theta and growth factor beta stands for the
+value  theta * sum_t s(t) * beta^(-t).  The generate phase starting from potential V produces the
+greedy (most significant first) beta-expansion of V/theta:
+
+    for t in 1..T:   V <- beta*V;   s(t) = [V >= theta];   V <- V - theta*s(t)
+
+The quantizer twin ``quantize`` runs *the same operations* on a tensor of pre-activations, so the two
+agree digit for digit by construction; the tests check it on random data anyway. ``quantize_fast``
+is the closed form used by the fast path (beta = 2: an integer code; beta = 1: a spike count),
+corrected so that it returns exactly the greedy digits' value.
+
+The offset phi in [0, 1) starts the potential at  phi * theta * beta^(-T)  above z: phi = 0 truncates,
+phi = 0.5 rounds to the nearest code level.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "accumulate",
+    "code_levels",
+    "decode",
+    "generate",
+    "generate_step",
+    "initial_potential",
+    "max_value",
+    "quantize",
+    "quantize_digits",
+    "quantize_fast",
+]
+
+
+def check_params(theta=None, beta: float = 2.0, timesteps: int = 1, phi: float = 0.0) -> None:
+    """ValueError with a one-line reason for parameters outside the model's domain."""
+    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
+        raise ValueError(f"timesteps must be an integer >= 1, got {timesteps!r}")
+    if not (isinstance(beta, (int, float)) and 1.0 <= float(beta) <= 2.0):
+        raise ValueError(f"beta must be a number in [1, 2], got {beta!r}")
+    if not (0.0 <= float(phi) < 1.0):
+        raise ValueError(f"phi must be in [0, 1), got {phi!r}")
+    if theta is not None:
+        t = torch.as_tensor(theta)
+        if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+            raise ValueError("theta must be finite and > 0")
+
+
+def max_value(theta, beta: float, timesteps: int):
+    """The largest value a train can carry: theta * sum_{t=1..T} beta^(-t)."""
+    return theta * sum(float(beta) ** (-t) for t in range(1, timesteps + 1))
+
+
+def code_levels(beta: float, timesteps: int) -> int:
+    """Distinct values a T-step train carries: 2^T for beta = 2, T + 1 for beta = 1."""
+    if float(beta) == 1.0:
+        return timesteps + 1
+    if float(beta) == 2.0:
+        return 2**timesteps
+    # for 1 < beta < 2 the greedy expansions are the beta-admissible words; count by brute force
+    # is exponential, so report the 2^T upper bound (every train is a distinct word).
+    return 2**timesteps
+
+
+def initial_potential(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float) -> torch.Tensor:
+    """The potential a generate phase starts from for pre-activation z (offset included)."""
+    if phi == 0.0:
+        return z
+    return z + phi * theta * float(beta) ** (-timesteps)
+
+
+def generate_step(v: torch.Tensor, theta, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generate step: V <- beta*V; spike where V >= theta; subtract theta there."""
+    v = v * beta
+    s = v >= theta
+    v = torch.where(s, v - theta, v)
+    return v, s
+
+
+def generate(v: torch.Tensor, theta, beta: float, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole generate phase. Returns (spikes [T, *v.shape] as v.dtype, residual potential)."""
+    spikes = []
+    for _ in range(timesteps):
+        v, s = generate_step(v, theta, beta)
+        spikes.append(s)
+    return torch.stack(spikes).to(v.dtype), v
+
+
+def accumulate(v: torch.Tensor, current: torch.Tensor, beta: float) -> torch.Tensor:
+    """One accumulate step: V <- beta*V + I(t). No spikes."""
+    return v * beta + current
+
+
+def decode(spikes: torch.Tensor, theta, beta: float) -> torch.Tensor:
+    """Value of trains [T, ...]: theta * sum_t s(t) beta^(-t)."""
+    T = spikes.shape[0]
+    w = torch.tensor([float(beta) ** (-t) for t in range(1, T + 1)], dtype=spikes.dtype, device=spikes.device)
+    return theta * torch.tensordot(w, spikes, dims=([0], [0]))
+
+
+def quantize_digits(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
+    """The twin's digits: the same greedy operations as ``generate`` on the offset potential."""
+    spikes, _ = generate(initial_potential(z, theta, beta, timesteps, phi), theta, beta, timesteps)
+    return spikes
+
+
+def quantize(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
+    """q(z): the value of the greedy train of z, computed step by step (reference definition)."""
+    return decode(quantize_digits(z, theta, beta, timesteps, phi), theta, beta)
+
+
+def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
+    """q(z) in closed form where one exists (beta = 2 or 1), else the step-by-step definition.
+
+    beta = 2: the train is the binary code k of floor(2^T * V0 / theta), clipped to [0, 2^T - 1],
+    with V0 = z + phi*theta*2^(-T). The greedy form is exact in floating point (doubling and
+    subtracting theta from a value in [theta, 2*theta) are both exact), but the closed form's
+    division rounds, which can push a quotient just below an integer up onto it. One correction
+    step, compared exactly in float64 (k <= 2^T, theta has <= 24 significant bits when it comes
+    from float32), brings k back to the greedy's count.
+
+    beta = 1: the train is a burst of min(T, floor(V0 / theta)) spikes; same correction.
+    """
+    b = float(beta)
+    if b not in (1.0, 2.0):
+        return quantize(z, theta, beta, timesteps, phi)
+    v0 = initial_potential(z, theta, beta, timesteps, phi)
+    scale = 2.0**timesteps if b == 2.0 else 1.0
+    kmax = 2.0**timesteps - 1 if b == 2.0 else float(timesteps)
+    # one correctly rounded division (scale is a power of two): the rounded quotient is never below
+    # an integer the true quotient reaches, so only the case k -> k + 1 can occur
+    k = torch.floor(v0 / theta * scale).clamp_(0.0, kmax)
+    th64 = theta.double() if torch.is_tensor(theta) else float(theta)
+    over = (k.double() * th64) > (v0.double() * scale)
+    k = (k - over.to(k.dtype)).clamp_(min=0.0)
+    return k * (theta / scale)

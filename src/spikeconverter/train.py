@@ -1,0 +1,179 @@
+"""Training the model zoo: SGD (momentum, nesterov), weight decay, one-cycle or cosine schedule,
+optional label smoothing, bf16 autocast on CPU, channels-last.
+
+A checkpoint (weights, optimizer state, history) is written atomically after every epoch, and
+``resume=True`` continues from it: a kill loses at most the running epoch. Each epoch's data order
+and augmentation are seeded from (seed, epoch), so a resumed run sees the same batches as an
+unbroken one."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import export_weights, load_tensors, save_tensors
+from .data import load_dataset, loader
+from .models import create
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet20"
+    dataset: str = "cifar10"
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # or "cosine"
+    warmup: float = 0.15  # fraction of steps rising to lr (onecycle)
+    label_smoothing: float = 0.0
+    seed: int = 0
+    bf16: bool = True
+    channels_last: bool = True
+    data_root: str | None = None
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    p = step / max(1, total)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+    if cfg.schedule == "onecycle":
+        if p < cfg.warmup:
+            return cfg.lr * (0.04 + 0.96 * p / cfg.warmup)
+        q = (p - cfg.warmup) / (1 - cfg.warmup)
+        return cfg.lr * (0.5 * (1 + math.cos(math.pi * q)) * 0.9996 + 0.0004)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; use onecycle or cosine")
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, ds, batch_size: int = 500, progress: bool = False, limit=None) -> float:
+    """Top-1 accuracy in percent, float32, eval mode."""
+    model.eval()
+    if limit is not None and hasattr(ds, "subset"):
+        ds = ds.subset(limit)
+    correct = total = 0
+    it = loader(ds, batch_size=batch_size, train=False)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="eval", leave=False)
+    for x, y in it:
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return 100.0 * correct / max(1, total)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+    )
+
+
+def _optim_tensors(opt) -> dict[str, torch.Tensor]:
+    out = {}
+    for gi, g in enumerate(opt.param_groups):
+        for pi, p in enumerate(g["params"]):
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"optim.{gi}.{pi}"] = buf
+    return out
+
+
+def _load_optim_tensors(opt, tensors) -> None:
+    for gi, g in enumerate(opt.param_groups):
+        for pi, p in enumerate(g["params"]):
+            t = tensors.get(f"optim.{gi}.{pi}")
+            if t is not None:
+                opt.state[p]["momentum_buffer"] = t.to(p.dtype).clone()
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
+          export: str | Path | None = None, half_export: bool = False) -> dict:
+    """Train per ``cfg``; ``out`` is the run's checkpoint file (``.safetensors``). Returns metadata."""
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_ds = load_dataset(cfg.dataset, "train", cfg.data_root)
+    test_ds = load_dataset(cfg.dataset, "test", cfg.data_root)
+    torch.manual_seed(cfg.seed)
+    model = create(cfg.model, dataset=cfg.dataset)
+    opt = _optimizer(model, cfg)
+    history, start_epoch = [], 0
+    if resume and out.exists():
+        tensors, meta = load_tensors(out)
+        if meta.get("config", {}).get("model") != cfg.model or meta.get("config", {}).get("dataset") != cfg.dataset:
+            raise ValueError(f"{out} holds a {meta.get('config', {}).get('model')} run, not {cfg.model}")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optim_tensors(opt, tensors)
+        history, start_epoch = meta["history"], meta["epoch"]
+        saved = TrainConfig(**{k: v for k, v in meta["config"].items() if k in TrainConfig.__dataclass_fields__})
+        cfg.epochs = saved.epochs if cfg.epochs == saved.epochs else cfg.epochs
+        if progress:
+            print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps_per_epoch = len(loader(train_ds, cfg.batch_size, train=True))
+    total = steps_per_epoch * cfg.epochs
+    meta = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        model.train()
+        batches = loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed * 100003 + epoch)
+        it = batches
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
+        t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+        for i, (x, y) in enumerate(it):
+            step = epoch * steps_per_epoch + i
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, cfg)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(x)
+                loss = crit(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += loss.item() * len(y)
+            if progress and i % 20 == 0:
+                it.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        train_time = time.time() - t0
+        test_acc = evaluate_accuracy(model, test_ds)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": 100 * correct / seen,
+                        "test_acc": test_acc, "seconds": round(train_time, 1)})
+        meta = {"arch": cfg.model, "dataset": cfg.dataset, "epoch": epoch + 1, "epochs": cfg.epochs,
+                "seed": cfg.seed, "test_acc": test_acc, "data": getattr(test_ds, "source", ""),
+                "config": asdict(cfg), "history": history}
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update(_optim_tensors(opt))
+        save_tensors(out, tensors, meta)
+        if progress:
+            print(json.dumps(history[-1]), flush=True)
+    if not meta:
+        _, meta = load_tensors(out)
+    if export is not None:
+        model = model.to(memory_format=torch.contiguous_format)
+        exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data")}
+        exp_meta["config"] = meta["config"]
+        exp_meta["seconds_per_epoch"] = round(sum(h["seconds"] for h in meta["history"]) / len(meta["history"]), 1)
+        export_weights(model, Path(export), exp_meta, half=half_export)
+    return meta
