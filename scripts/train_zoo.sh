@@ -16,7 +16,7 @@ for m in "${models[@]}"; do
     mobilenet_v2) args=(--epochs 40 --lr 0.1 --weight-decay 4e-5 --half);;
     *) echo "unknown model $m"; exit 2;;
   esac
-  "$PY" -m spikeconverter.cli train --model "$m" --dataset cifar10 "${args[@]}" --seed 0 \
+  OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$PY" -m spikeconverter.cli train ${THREADS:+--threads $THREADS} --model "$m" --dataset cifar10 "${args[@]}" --seed 0 \
     --out "$RUNS/$m-cifar10.safetensors" --resume \
     --export "src/spikeconverter/checkpoints/$m-cifar10.safetensors"
 done

@@ -20,7 +20,7 @@ import torch
 
 from .neuron import max_value, quantize_fast
 
-SAMPLE_SIZE = 262_144  # positive values kept per layer
+SAMPLE_SIZE = 65_536  # positive values kept per layer
 BETA_CANDIDATES = (1.0, 1.25, 1.5, 1.75, 2.0)
 
 
@@ -83,7 +83,7 @@ def quantization_error(sample, cap, theta, beta, timesteps, phi) -> float:
     """Mean squared error between the ANN activation and q on the sample (positive z only)."""
     if sample.numel() == 0:
         return 0.0
-    q = quantize_fast(sample, theta, beta, timesteps, phi)
+    q = quantize_fast(sample, theta, beta, timesteps, phi, exact=False)
     return float(((_target(sample, cap) - q) ** 2).mean())
 
 
@@ -107,7 +107,7 @@ def choose_threshold(obs: Observer, cap, spec, beta, timesteps, phi) -> tuple[fl
         clip = min(top, _percentile(sample, p))
     else:
         best = None
-        grid = top * np.geomspace(1e-2, 1.0, 64)
+        grid = top * np.geomspace(1e-2, 1.0, 48)
         for _ in range(2):  # coarse then fine
             for c in grid:
                 theta = _f32(c / levels_sum)
@@ -115,7 +115,7 @@ def choose_threshold(obs: Observer, cap, spec, beta, timesteps, phi) -> tuple[fl
                 if best is None or err < best[1]:
                     best = (theta, err, c)
             c = best[2]
-            grid = np.linspace(c / 1.08, min(top, c * 1.08), 33)
+            grid = np.linspace(c / 1.1, min(top, c * 1.1), 21)
         return best[0], best[1]
     theta = _f32(clip / levels_sum)
     return theta, quantization_error(sample, cap, theta, beta, timesteps, phi)

@@ -288,7 +288,7 @@ class TwoPhaseSimulator:
         class Rec(Interpreter):
             def run_node(self, n):
                 out = super().run_node(n)
-                if n is plan.input or n in plan.maxpools or n in plan.activations:
+                if n is plan.input or n is plan.coder or n in plan.maxpools or n in plan.activations:
                     shapes[n] = out.shape
                 return out
 

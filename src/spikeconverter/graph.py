@@ -255,6 +255,7 @@ def normalize(gm: fx.GraphModule) -> fx.GraphModule:
                 new = graph.call_module(name, (node.args[0],))
             # the name users know the layer by: the activation module's path, or the functional's node
             new.meta["layer_name"] = node.target if node.op == "call_module" else node.name
+            new.meta["orig_name"] = new.meta["layer_name"]
             node.replace_all_uses_with(new)
             graph.erase_node(node)
             continue
@@ -266,6 +267,7 @@ def normalize(gm: fx.GraphModule) -> fx.GraphModule:
             name = _add_module(gm, "spike_maxpool_", mod)
             with graph.inserting_before(node):
                 new = graph.call_module(name, (node.args[0],))
+            new.meta["orig_name"] = f"{node.name}' (F.max_pool2d"
             node.replace_all_uses_with(new)
             graph.erase_node(node)
             continue
@@ -401,8 +403,10 @@ def analyze(gm: fx.GraphModule) -> GraphPlan:
                 raise UnsupportedOperationError(
                     f"node '{n.name}' max-pools the signed input code; use analog input for this model")
             if src not in sources:
+                who = n.meta.get("orig_name", f"{n.name}' (MaxPool2d '{n.target}'")
+                what = getattr(src, "meta", {}).get("orig_name", getattr(src, "name", src))
                 raise UnsupportedOperationError(
-                    f"node '{n.name}' (MaxPool2d '{n.target}') pools '{getattr(src, 'name', src)}', which is not a spike "
+                    f"node '{who}) pools '{what}', which is not a spike "
                     "train (the input, a ReLU/ReLU6 output or another such max-pool): a max over a sum of trains has "
                     "no exact spiking form. Put the max-pool right after the activation (they commute)."
                 )

@@ -110,8 +110,9 @@ def quantize(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0
     return decode(quantize_digits(z, theta, beta, timesteps, phi), theta, beta)
 
 
-def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
-    """q(z) in closed form where one exists (beta = 2 or 1), else the step-by-step definition.
+def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0,
+                  exact: bool = True) -> torch.Tensor:
+    """q(z) in closed form for beta = 2, else the step-by-step definition.
 
     beta = 2: the train is the binary code k of floor(2^T * V0 / theta), clipped to [0, 2^T - 1],
     with V0 = z + phi*theta*2^(-T). The greedy form is exact in floating point (doubling and
@@ -120,17 +121,25 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
     step, compared exactly in float64 (k <= 2^T, theta has <= 24 significant bits when it comes
     from float32), brings k back to the greedy's count.
 
-    beta = 1: the train is a burst of min(T, floor(V0 / theta)) spikes; same correction.
+    Other beta (beta = 1 included) use the step-by-step form: with beta < 2 the repeated
+    subtraction of theta is not exact in floating point, and the twin must round exactly as the
+    neuron does, not as exact arithmetic would. (For beta = 1 the value is, up to that rounding,
+    a burst of min(T, floor(V0 / theta)) spikes.)
+
+    ``exact=False`` skips the correction step: the result may then differ from the neuron's where
+    V0 is within one rounding of a code boundary. Only the threshold search uses it, to rank
+    candidate thresholds, never to compute what the network outputs.
     """
-    b = float(beta)
-    if b not in (1.0, 2.0):
+    if float(beta) != 2.0:
         return quantize(z, theta, beta, timesteps, phi)
     v0 = initial_potential(z, theta, beta, timesteps, phi)
-    scale = 2.0**timesteps if b == 2.0 else 1.0
-    kmax = 2.0**timesteps - 1 if b == 2.0 else float(timesteps)
+    scale = 2.0**timesteps
+    kmax = scale - 1
     # one correctly rounded division (scale is a power of two): the rounded quotient is never below
     # an integer the true quotient reaches, so only the case k -> k + 1 can occur
     k = torch.floor(v0 / theta * scale).clamp_(0.0, kmax)
+    if not exact:
+        return k * (theta / scale)
     th64 = theta.double() if torch.is_tensor(theta) else float(theta)
     over = (k.double() * th64) > (v0.double() * scale)
     k = (k - over.to(k.dtype)).clamp_(min=0.0)

@@ -174,6 +174,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         model = model.to(memory_format=torch.contiguous_format)
         exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data")}
         exp_meta["config"] = meta["config"]
-        exp_meta["seconds_per_epoch"] = round(sum(h["seconds"] for h in meta["history"]) / len(meta["history"]), 1)
+        exp_meta["seconds_per_epoch_median"] = sorted(h["seconds"] for h in meta["history"])[len(meta["history"]) // 2]
         export_weights(model, Path(export), exp_meta, half=half_export)
     return meta

@@ -1,0 +1,131 @@
+"""The quantizer twin against the neuron, digit for digit (hypothesis property tests)."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spikeconverter import neuron
+
+floats = st.floats(min_value=-4.0, max_value=4.0, allow_nan=False, width=64)
+thetas = st.floats(min_value=1e-3, max_value=3.0, allow_nan=False).map(lambda v: float(np.float32(v)))
+betas = st.one_of(st.sampled_from([1.0, 2.0]), st.floats(min_value=1.0, max_value=2.0))
+phis = st.one_of(st.sampled_from([0.0, 0.5]), st.floats(min_value=0.0, max_value=0.999))
+steps = st.integers(min_value=1, max_value=12)
+
+
+def scalar_neuron(z, theta, beta, T, phi):
+    """An independent, element-by-element iLIF neuron in plain Python floats."""
+    v = z + phi * theta * beta ** (-T) if phi else z
+    out = []
+    for _ in range(T):
+        v = v * beta
+        if v >= theta:
+            out.append(1.0)
+            v = v - theta
+        else:
+            out.append(0.0)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(floats, min_size=1, max_size=16), thetas, betas, steps, phis)
+def test_twin_digits_equal_neuron_generate_phase(zs, theta, beta, T, phi):
+    z = torch.tensor(zs, dtype=torch.float64)
+    digits = neuron.quantize_digits(z, theta, beta, T, phi)
+    ref = torch.tensor([scalar_neuron(v, theta, beta, T, phi) for v in zs], dtype=torch.float64).T
+    assert torch.equal(digits, ref)
+    # the value is the decoded train, and lies in [0, theta * sum beta^-t]
+    q = neuron.quantize(z, theta, beta, T, phi)
+    assert torch.equal(q, neuron.decode(digits, theta, beta))
+    assert bool((q >= 0).all()) and bool((q <= neuron.max_value(theta, beta, T) * (1 + 1e-12)).all())
+    # the fast form is the same function (closed form for beta = 2, the same loop otherwise)
+    assert torch.equal(neuron.quantize_fast(z, theta, beta, T, phi), q)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(floats, min_size=1, max_size=16), thetas, steps, phis,
+       st.sampled_from([torch.float32, torch.float64]))
+def test_beta2_closed_form_is_exact(zs, theta, T, phi, dtype):
+    """q(z) = theta * clamp(floor(2^T V0/theta), 0, 2^T - 1) / 2^T, V0 = z + phi*theta*2^-T,
+    checked against exact rational arithmetic on the same V0, in float32 and float64."""
+    z = torch.tensor(zs, dtype=dtype)
+    v0 = neuron.initial_potential(z, theta, 2.0, T, phi)
+    q = neuron.quantize_fast(z, theta, 2.0, T, phi)
+    greedy = neuron.quantize(z, theta, 2.0, T, phi)
+    assert torch.equal(q, greedy)
+    for v, got in zip(v0.tolist(), q.tolist()):
+        k = math.floor(Fraction(v) * 2**T / Fraction(theta))
+        k = min(max(k, 0), 2**T - 1)
+        expect = torch.tensor(k, dtype=torch.float64) * (theta / 2**T)
+        assert got == float(expect.to(dtype))
+
+
+def test_beta2_matches_textbook_formula_away_from_boundaries():
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(100_000, generator=g, dtype=torch.float64) * 3 - 0.5
+    theta, T, phi = 1.7, 6, 0.5
+    ref = theta * torch.clamp(torch.floor(2**T * z / theta + phi), 0, 2**T - 1) / 2**T
+    assert torch.allclose(neuron.quantize_fast(z, theta, 2.0, T, phi), ref, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=-2, max_value=10, allow_nan=False), min_size=1, max_size=16), thetas, steps, phis)
+def test_beta1_is_a_burst_count(zs, theta, T, phi):
+    """beta = 1: clamp(floor(z/theta + phi), 0, T) spikes, all at the start of the window."""
+    z = torch.tensor(zs, dtype=torch.float64)
+    digits = neuron.quantize_digits(z, theta, 1.0, T, phi)
+    count = digits.sum(0)
+    for v, c in zip(zs, count.tolist()):
+        x = (v + phi * theta) / theta
+        if abs(x - round(x)) > 1e-9:  # within rounding of a boundary the neuron's float subtraction decides
+            assert c == min(max(math.floor(x), 0), T)
+    # a burst: once silent, silent for the rest of the window
+    assert bool((digits[1:] <= digits[:-1]).all())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 1), min_size=1, max_size=12), thetas, betas)
+def test_accumulate_decodes_a_train(bits, theta, beta):
+    """V <- beta V + I(t) with I(t) = theta beta^-T s(t) ends at the decoded value."""
+    T = len(bits)
+    s = torch.tensor(bits, dtype=torch.float64)[:, None]
+    v = torch.zeros(1, dtype=torch.float64)
+    for t in range(T):
+        v = neuron.accumulate(v, s[t] * theta * beta ** (-T), beta)
+    assert torch.allclose(v, neuron.decode(s, theta, beta), rtol=1e-12, atol=1e-15)
+
+
+def test_code_levels_and_monotonicity():
+    z = torch.linspace(-1, 3, 20001, dtype=torch.float64)
+    for beta, T in [(2.0, 4), (1.0, 4), (1.5, 5)]:
+        q = neuron.quantize(z, 1.0, beta, T, 0.0)
+        assert bool((q[1:] >= q[:-1]).all()), "q must be monotone (max-pool exactness rests on it)"
+    assert len(torch.unique(neuron.quantize(z, 0.2, 2.0, 4, 0.5))) == 16
+    assert len(torch.unique(neuron.quantize(z, 0.2, 1.0, 4, 0.5))) == 5
+    assert neuron.code_levels(2.0, 8) == 256 and neuron.code_levels(1.0, 8) == 9
+
+
+def test_lexicographic_order_of_greedy_codes():
+    """MSB-first greedy trains compare lexicographically like their values (beta in [1, 2])."""
+    g = torch.Generator().manual_seed(1)
+    for beta in (2.0, 1.7, 1.3):
+        z = torch.rand(400, generator=g, dtype=torch.float64) * 2
+        d = neuron.quantize_digits(z, 1.0, beta, 7, 0.0).T.tolist()
+        q = neuron.quantize(z, 1.0, beta, 7, 0.0).tolist()
+        order_by_code = sorted(range(400), key=lambda i: d[i])
+        vals = [q[i] for i in order_by_code]
+        assert vals == sorted(vals)
+
+
+def test_check_params_rejects_bad_values():
+    import pytest
+
+    for kw in [dict(timesteps=0), dict(timesteps=2.5), dict(beta=2.5), dict(beta=0.9), dict(phi=1.0)]:
+        with pytest.raises(ValueError):
+            neuron.check_params(**kw)
+    with pytest.raises(ValueError):
+        neuron.check_params(theta=0.0)
