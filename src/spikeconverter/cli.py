@@ -14,7 +14,7 @@ def _train(args) -> int:
                       label_smoothing=args.label_smoothing, seed=args.seed, bf16=not args.no_bf16,
                       data_root=args.data, threads=args.threads)
     meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
-                 half_export=args.half)
+                 half_export=args.half, stop_after=args.stop_after, limit=args.limit)
     print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
     return 0
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--export", default=None, help="also write the final weights here (shippable form)")
     t.add_argument("--half", action="store_true", help="export in float16")
+    t.add_argument("--stop-after", type=int, default=None, help="run at most N epochs now (resume later)")
+    t.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
     return p

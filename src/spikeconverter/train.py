@@ -101,12 +101,18 @@ def _load_optim_tensors(opt, tensors) -> None:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
-          export: str | Path | None = None, half_export: bool = False) -> dict:
-    """Train per ``cfg``; ``out`` is the run's checkpoint file (``.safetensors``). Returns metadata."""
+          export: str | Path | None = None, half_export: bool = False, stop_after: int | None = None,
+          limit: int | None = None) -> dict:
+    """Train per ``cfg``; ``out`` is the run's checkpoint file (``.safetensors``). Returns metadata.
+
+    ``stop_after``: run at most this many epochs now (a time-boxed session), resumable later.
+    ``limit``: train on the first ``limit`` training images only (tests, smoke runs)."""
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_ds = load_dataset(cfg.dataset, "train", cfg.data_root)
+    if limit is not None:
+        train_ds = train_ds.subset(limit)
     test_ds = load_dataset(cfg.dataset, "test", cfg.data_root)
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, dataset=cfg.dataset)
@@ -129,7 +135,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     steps_per_epoch = len(loader(train_ds, cfg.batch_size, train=True))
     total = steps_per_epoch * cfg.epochs
     meta = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         torch.manual_seed(cfg.seed * 100003 + epoch)
         model.train()
         batches = loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed * 100003 + epoch)
@@ -170,7 +177,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             print(json.dumps(history[-1]), flush=True)
     if not meta:
         _, meta = load_tensors(out)
-    if export is not None:
+    if export is not None and meta["epoch"] == meta["epochs"]:
         model = model.to(memory_format=torch.contiguous_format)
         exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data")}
         exp_meta["config"] = meta["config"]
