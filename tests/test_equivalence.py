@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from nets import NETS, make
 
 import spikeconverter as sc
 from spikeconverter import neuron
 from spikeconverter.graph import SpikeActivation
+
+from nets import NETS, make
 
 
 def twin_digits(snn, x):

@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import make
 from torch import nn
 
 import spikeconverter as sc
+
+from nets import make
 
 
 class NoCalibration:

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from nets import randomize_bn
-from test_equivalence import check_identical
 
 import spikeconverter as sc
+
+from nets import randomize_bn
+from test_equivalence import check_identical
 
 
 def build(name, dataset, seed=0):

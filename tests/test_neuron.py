@@ -129,3 +129,39 @@ def test_check_params_rejects_bad_values():
             neuron.check_params(**kw)
     with pytest.raises(ValueError):
         neuron.check_params(theta=0.0)
+
+
+def test_compiled_kernel_is_exact_at_code_boundaries():
+    """The fused float32 kernel of the fast path equals the greedy neuron, also one ulp either side
+    of every code boundary (where a careless closed form flips a digit)."""
+    import pytest
+
+    if not neuron.compiled_available():
+        pytest.skip("torch.compile has no C++ compiler here; the eager path is used")
+    g = torch.Generator().manual_seed(0)
+    for theta in (0.37109375, 1.2345678, 0.001234, 3.3, 5.9):
+        theta = float(np.float32(theta))
+        for T in (1, 4, 8, 12):
+            k = torch.randint(0, 2**T, (20_000,), generator=g).float()
+            edge = k * (theta / 2**T)
+            for phi in (0.0, 0.5):
+                edge_phi = edge - phi * theta * 2.0 ** (-T)
+                for z in (edge_phi, torch.nextafter(edge_phi, edge_phi + 1), torch.nextafter(edge_phi, edge_phi - 1),
+                          torch.randn(20_000, generator=g) * theta):
+                    ref = neuron.quantize(z, theta, 2.0, T, phi)
+                    assert torch.equal(neuron.quantize_compiled(z, theta, 2.0, T, phi), ref), (theta, T, phi)
+                    assert torch.equal(neuron.binary_spike_count(ref, theta, T),
+                                       neuron.quantize_digits(z, theta, 2.0, T, phi).sum(0))
+
+
+def test_compiled_network_equals_eager():
+    import spikeconverter as sc
+
+    from nets import make
+
+    model, shape = make("resnet_block", seed=4, dtype=torch.float32)
+    x = torch.randn((64,) + shape)
+    snn = sc.convert(model, x, timesteps=6)
+    eager = snn(x)
+    assert torch.equal(snn.compile()(x), eager)
+    assert torch.equal(snn.compile(False)(x), eager)

@@ -6,11 +6,12 @@ import sys
 
 import pytest
 import torch
-from test_data import write_folder_tree
 
 import spikeconverter as sc
 from spikeconverter.checkpoint import export_weights, load_tensors, load_weights, read_metadata
 from spikeconverter.train import TrainConfig, lr_at, train
+
+from test_data import write_folder_tree
 
 
 @pytest.fixture(scope="module")

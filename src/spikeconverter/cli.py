@@ -19,8 +19,68 @@ def _train(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from .evaluate import evaluate, format_evaluate, write_json
+
+    r = evaluate(model=args.model, dataset=args.dataset, timesteps=args.T, beta=_beta(args.beta), method=args.method,
+                 engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
+                 threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet)
+    print(format_evaluate(r))
+    if args.json:
+        write_json(r, args.json)
+    return 0
+
+
+def _sweep(args) -> int:
+    from .evaluate import format_sweep, plot_sweep, sweep, write_json
+
+    r = sweep(model=args.model, dataset=args.dataset, timesteps=tuple(args.T), rate_timesteps=tuple(args.rate_T),
+              beta=_beta(args.beta), checkpoint=args.checkpoint, limit=args.limit, rate_limit=args.rate_limit,
+              calibration=args.calibration, data_root=args.data, quiet=args.quiet,
+              extra_betas=tuple(float(b) for b in args.also_beta))
+    print(format_sweep(r))
+    if args.plot:
+        plot_sweep(r, args.plot)
+    if args.json:
+        write_json(r, args.json)
+    return 0
+
+
+def _demo(args) -> int:
+    args.model, args.dataset, args.T, args.beta, args.method, args.engine = "resnet20", "cifar10", 8, "2", \
+        "spikeconverter", "fast"
+    args.checkpoint, args.threshold, args.phi, args.json = None, None, 0.5, None
+    args.calibration = 512
+    print("spikeconverter demo: shipped ResNet-20 (CIFAR-10) converted at T = 8, beta = 2; "
+          "full test set, exact fast path\n")
+    return _evaluate(args)
+
+
+def _beta(b: str):
+    if b == "search":
+        return "search"
+    try:
+        return float(b)
+    except ValueError:
+        raise ValueError(f"--beta must be a number in [1, 2] or 'search', got {b!r}") from None
+
+
+def _common(p, T_default=8):
+    p.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped checkpoint)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--calibration", type=int, default=512, help="training images used for calibration")
+    p.add_argument("--beta", default="2", help="growth factor in [1, 2], or 'search'")
+    p.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
+    p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikeconverter", description=__doc__)
+    p.add_argument("--threads", type=int, default=None, dest="global_threads",
+                   help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model of the zoo (checkpoint every epoch, --resume)")
@@ -44,14 +104,43 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="convert a model and report accuracy, latency, spikes, SOPs, energy")
+    _common(e)
+    e.add_argument("-T", "--timesteps", dest="T", type=int, default=8, help="time steps (per phase)")
+    e.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
+    e.add_argument("--engine", choices=["fast", "simulate"], default="fast",
+                   help="fast: the exact twin; simulate: the time-stepped spiking network")
+    e.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
+    e.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    e.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("sweep", help="accuracy vs T for our method and the rate baseline (table, plot, JSON)")
+    _common(s)
+    s.add_argument("-T", "--timesteps", dest="T", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
+    s.add_argument("--rate-T", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512])
+    s.add_argument("--rate-limit", type=int, default=None, help="test images for the (slow) rate baseline")
+    s.add_argument("--also-beta", nargs="*", default=[], help="extra beta values as ablation rows (e.g. 1)")
+    s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
+    s.set_defaults(func=_sweep)
+
+    d = sub.add_parser("demo", help="the main job: evaluate the shipped ResNet-20 at T = 8")
+    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--data", default=None)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_demo)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.global_threads:
+        import torch
+
+        torch.set_num_threads(args.global_threads)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, OSError) as e:
         print(f"spikeconverter: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

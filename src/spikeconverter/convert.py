@@ -105,15 +105,25 @@ class SpikingNetwork(nn.Module):
         return self.gm(x)
 
     @torch.no_grad()
-    def simulate(self, x: torch.Tensor, record: bool = False, stream: bool = False) -> SimulationResult:
+    def simulate(self, x: torch.Tensor, record: bool = False, stream: bool = False,
+                 neuron_counts: bool = False) -> SimulationResult:
         """Time-stepped simulation. ``record``: keep every layer's trains; ``stream``: feed the
-        batch's inputs one after another every T steps through the pipeline."""
+        batch's inputs one after another every T steps through the pipeline; ``neuron_counts``:
+        spikes per neuron of every source in ``result.extra["neuron_counts"]``."""
         self._check_input(x)
         if self.method == "rate":
             if stream:
                 raise ValueError("streaming applies to the two-phase pipeline, not the rate baseline")
-            return RateSimulator(self.plan).run(x, self.timesteps, record=record)
-        return TwoPhaseSimulator(self.plan).run(x, record=record, stream=stream)
+            return RateSimulator(self.plan).run(x, self.timesteps, record=record, neuron_counts=neuron_counts)
+        return TwoPhaseSimulator(self.plan).run(x, record=record, stream=stream, neuron_counts=neuron_counts)
+
+    def compile(self, enabled: bool = True) -> SpikingNetwork:
+        """Use a fused torch.compile kernel for q on float32 inputs with beta = 2 (exact, see
+        neuron._binary_code_f64). The first call on a machine builds it (seconds); where no
+        compiler is available the eager path is kept. Returns self."""
+        for m in self._acts():
+            m.compiled = enabled
+        return self
 
     def quantized_ann(self) -> nn.Module:
         """The original graph (BN folded) with q() in place of every spiking activation: the

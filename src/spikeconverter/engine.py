@@ -71,7 +71,8 @@ class SpikingMaxPool2d:
         def n(size, k, s, p, d):
             return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
-        pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+        def pair(v):
+            return ((v, v) if isinstance(v, int) else tuple(v))
         k, s, p, d = pair(self.k), pair(self.s if self.s is not None else self.k), pair(self.p), pair(self.d)
         return n(x.shape[2], k[0], s[0], p[0], d[0]), n(x.shape[3], k[1], s[1], p[1], d[1])
 
@@ -146,7 +147,8 @@ class TwoPhaseSimulator:
         return run_region(self.gm, region, {s: zeros[s] for s in region.sources}, with_bias=True)
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, record: bool = False, stream: bool = False) -> SimulationResult:
+    def run(self, x: torch.Tensor, record: bool = False, stream: bool = False,
+            neuron_counts: bool = False) -> SimulationResult:
         plan, gm = self.plan, self.gm
         T = next(iter(self.act.values())).timesteps
         slots = [x[n : n + 1] for n in range(len(x))] if stream else [x]
@@ -165,6 +167,7 @@ class TwoPhaseSimulator:
         trains: dict = defaultdict(dict)  # source -> window -> [T, B, ...]
         counts = {a: torch.zeros(B * N, dtype=dtype) for a in self.act}
         recorded: dict = {}
+        per_neuron: dict = {}
         logits: list = [None] * N
         max_delay = max((plan.delay(s, src) for s in self.sinks for src in plan.regions[s].sources), default=0)
         gen_nodes = [n for n in gm.graph.nodes if (n in self.act and n is not self.coder) or n in plan.maxpools]
@@ -214,6 +217,8 @@ class TwoPhaseSimulator:
             # end of window
             for n, seq in step_spikes.items():
                 trains[n][g] = torch.stack(seq)
+                if neuron_counts and not stream:
+                    per_neuron[n] = per_neuron.get(n, 0) + trains[n][g].abs().sum(0)
             for a in self.act:
                 if a in trains and g in trains[a]:
                     n_out = g - plan.depth[a]
@@ -240,6 +245,7 @@ class TwoPhaseSimulator:
             latency_steps=(L + 1) * T,
             timesteps=T,
             total_steps=(N + L) * T,
+            extra={"neuron_counts": per_neuron} if neuron_counts else {},
         )
 
     def _name(self, node) -> str:
@@ -319,15 +325,22 @@ class RateSimulator:
         self.v_init = v_init  # initial potential as a fraction of the threshold
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, timesteps: int, record: bool = False) -> SimulationResult:
+    def run(self, x: torch.Tensor, timesteps: int, record: bool = False,
+            neuron_counts: bool = False, checkpoints=(), on_checkpoint=None) -> SimulationResult:
+        """``checkpoints``: steps t at which ``on_checkpoint(t, logits_so_far, per_neuron_counts)``
+        is called -- the rate network's thresholds do not depend on T, so every shorter run is a
+        prefix of the longest one and one simulation serves a whole sweep."""
         plan, gm = self.plan, self.gm
         B = x.shape[0]
+        per_neuron: dict = {}
+        neuron_counts = neuron_counts or bool(checkpoints)
+        checkpoints = set(checkpoints)
         v: dict = {}
         counts = {a: torch.zeros(B, dtype=x.dtype) for a in self.act}
         trains: dict = defaultdict(list)
         pools = {m: RateMaxPool2d(gm.get_submodule(m.target)) for m in plan.maxpools}
         out_sum = None
-        for _ in range(timesteps):
+        for step in range(timesteps):
             vals = {plan.input: x}
             for n in plan.gm.graph.nodes:
                 if n in self.act:
@@ -340,6 +353,8 @@ class RateSimulator:
                     s = (v[n] >= a.theta).to(x.dtype)
                     v[n] = v[n] - a.theta * s
                     counts[n] += s.flatten(1).sum(1)
+                    if neuron_counts:
+                        per_neuron[n] = per_neuron.get(n, 0) + s
                     vals[n] = s * a.theta
                     if record:
                         trains[n].append(s)
@@ -349,10 +364,15 @@ class RateSimulator:
                         vals[n] = gm.get_submodule(n.target)(vals[parent])
                     else:
                         theta = self.act[plan.root_source(parent)].theta
-                        vals[n] = pools[n].step(vals[parent] / theta) * theta
+                        out = pools[n].step(vals[parent] / theta)
+                        if neuron_counts:
+                            per_neuron[n] = per_neuron.get(n, 0) + out
+                        vals[n] = out * theta
             region = plan.regions[plan.output]
             o = run_region(gm, region, {s: vals[s] for s in region.sources}, with_bias=True)
             out_sum = o if out_sum is None else out_sum + o
+            if step + 1 in checkpoints and on_checkpoint is not None:
+                on_checkpoint(step + 1, out_sum / (step + 1), per_neuron)
         names = {a: a.meta.get("layer_name", a.name) for a in self.act}
         return SimulationResult(
             logits=out_sum / timesteps,
@@ -361,4 +381,5 @@ class RateSimulator:
             latency_steps=timesteps,
             timesteps=timesteps,
             total_steps=timesteps,
+            extra={"neuron_counts": per_neuron} if neuron_counts else {},
         )

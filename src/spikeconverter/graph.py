@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .neuron import quantize_fast
+from .neuron import quantize_compiled, quantize_fast
 
 
 class UnsupportedOperationError(ValueError):
@@ -66,6 +66,7 @@ class SpikeActivation(nn.Module):
         self.timesteps: int = 1
         self.phi: float = 0.0
         self.observer = None
+        self.compiled = False  # use the fused kernel (float32, beta = 2) for q
 
     def extra_repr(self) -> str:
         s = f"mode={self.mode}, cap={self.cap}"
@@ -80,9 +81,10 @@ class SpikeActivation(nn.Module):
 
     def q(self, z: torch.Tensor) -> torch.Tensor:
         args = (self.theta, self.beta, self.timesteps, self.phi)
+        f = quantize_compiled if self.compiled else quantize_fast
         if self.signed:  # two polarities: ON spikes code z+, OFF spikes code z-
-            return quantize_fast(z, *args) - quantize_fast(-z, *args)
-        return quantize_fast(z, *args)
+            return f(z, *args) - f(-z, *args)
+        return f(z, *args)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":

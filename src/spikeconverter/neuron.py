@@ -144,3 +144,68 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
     over = (k.double() * th64) > (v0.double() * scale)
     k = (k - over.to(k.dtype)).clamp_(min=0.0)
     return k * (theta / scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# A fused kernel for the fast path (beta = 2, float32)
+# ---------------------------------------------------------------------------------------------
+
+
+def _binary_code_f64(z: torch.Tensor, off: float, theta: float, scale: float, kmax: float,
+                     theta_over_scale: float) -> torch.Tensor:
+    # V0 = z + off in z's own precision (exactly as the neuron forms it), then q = V0/theta * 2^T
+    # in float64. A quotient that is exactly k 2^-T comes out exact (division is correctly rounded;
+    # a multiplication by a rounded 1/theta would not). A quotient that is not lies at least
+    # min(2^-24, q 2^-25) away from the nearest k (V0 and theta have 24-bit mantissas), while one
+    # float64 rounding moves it at most q 2^-53 -- so for T <= 27 the floor is exact and no
+    # correction step is needed. The tests check it one ulp either side of code boundaries.
+    v0 = z + off
+    k = torch.floor(v0.double() / theta * scale).clamp(0.0, kmax)
+    return (k * theta_over_scale).to(z.dtype)
+
+
+_compiled_kernel = None
+
+
+def compiled_available() -> bool:
+    """Whether torch.compile can build the fused kernel here (it needs a C++ compiler)."""
+    return _get_kernel() is not None
+
+
+def _get_kernel():
+    global _compiled_kernel
+    if _compiled_kernel is None:
+        try:
+            fn = torch.compile(_binary_code_f64, dynamic=True)
+            fn(torch.zeros(2, 3), 0.1, 0.5, 4.0, 3.0, 0.125)  # build it now, so failures show here
+            _compiled_kernel = fn
+        except Exception:  # no compiler, unsupported platform: the eager path stays exact
+            _compiled_kernel = False
+    return _compiled_kernel or None
+
+
+def quantize_compiled(z: torch.Tensor, theta: float, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
+    """q(z) in one fused pass where it is exact (beta = 2, float32, T <= 27); else ``quantize_fast``."""
+    kernel = _get_kernel() if (float(beta) == 2.0 and z.dtype == torch.float32 and timesteps <= 27) else None
+    if kernel is None:
+        return quantize_fast(z, theta, beta, timesteps, phi)
+    scale = 2.0**timesteps
+    off = phi * theta * 2.0 ** (-timesteps) if phi else 0.0
+    return kernel(z, off, theta, scale, scale - 1, theta / scale)
+
+
+_POPCOUNT: dict = {}
+
+
+def binary_spike_count(value: torch.Tensor, theta: float, timesteps: int) -> torch.Tensor:
+    """Spikes of beta = 2 trains from their values: the popcount of k = value 2^T / theta.
+
+    The twin's value is k theta 2^-T rounded once, so rounding recovers k exactly."""
+    if timesteps not in _POPCOUNT:
+        n = torch.arange(2**timesteps)
+        c = torch.zeros_like(n)
+        for b in range(timesteps):
+            c += (n >> b) & 1
+        _POPCOUNT[timesteps] = c.to(torch.int32)
+    k = torch.round(value.double() * (2.0**timesteps / theta)).long().clamp_(0, 2**timesteps - 1)
+    return _POPCOUNT[timesteps][k].to(value.dtype)

@@ -74,7 +74,7 @@ def evaluate_accuracy(model: nn.Module, ds, batch_size: int = 500, progress: boo
 
 def _optimizer(model: nn.Module, cfg: TrainConfig):
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for _n, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
     return torch.optim.SGD(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -1,0 +1,292 @@
+"""Evaluation: the numbers users judge a converter by, for one T (``evaluate``) or a curve (``sweep``).
+
+Calibration always uses *training* images (a fixed random subset); accuracies are measured on test
+images (all of them, or a fixed random subset with ``limit``). Nothing is tuned on the test set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .convert import convert
+from .data import load_dataset
+from .data.datasets import ArrayDataset
+from .metrics import ENERGY_CONVENTION, CostModel, Report, neuron_spike_counts, report
+from .models import create, shipped_checkpoint
+
+
+def load_model(name: str, dataset: str, checkpoint: str | None = None):
+    """The model with its weights (a checkpoint file, else the shipped one) in eval mode."""
+    from .checkpoint import load_weights
+
+    model = create(name, dataset=dataset)
+    path = Path(checkpoint) if checkpoint else shipped_checkpoint(name, dataset)
+    if path is None:
+        create(name, dataset=dataset, pretrained=True)  # raises the error listing what is shipped
+    meta = load_weights(model, path)
+    return model.eval(), {"checkpoint": str(path), **{k: meta.get(k) for k in ("arch", "dataset", "test_acc", "epochs")}}
+
+
+def _subset(ds, n: int | None, seed: int):
+    """A fixed random subset (test sets are stored class by class: the first n would be one class)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(ds, ArrayDataset):
+        out = ds.subset(None)
+        out.images, out.labels = ds.images[idx], ds.labels[idx]
+        return out
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def _batches(ds, batch_size: int):
+    if isinstance(ds, ArrayDataset):
+        for i in range(0, len(ds), batch_size):
+            yield ds.normalize(ds.images[i : i + batch_size]), ds.labels[i : i + batch_size]
+    else:
+        yield from torch.utils.data.DataLoader(ds, batch_size=batch_size)
+
+
+def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0) -> torch.Tensor:
+    """``n`` training images (fixed random subset), normalised, as one tensor."""
+    if n < 1:
+        raise ValueError(f"--calibration must be >= 1, got {n}")
+    train = _subset(load_dataset(dataset, "train", data_root), n, seed + 1)
+    return torch.cat([x for x, _ in _batches(train, 512)])
+
+
+def _progress(it, desc, total, quiet):
+    if quiet:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, leave=False)
+
+
+class _Accumulator:
+    """Running sums of correct answers and of per-image cost figures over batches."""
+
+    def __init__(self):
+        self.n = 0
+        self.correct = 0
+        self.sums: dict = {}
+        self.per_layer: dict = {}
+        self.last: Report | None = None
+
+    def add(self, logits, y, rep: Report | None):
+        b = len(y)
+        self.n += b
+        self.correct += int((logits.argmax(1) == y).sum())
+        if rep is not None:
+            for k in ("spikes", "sops", "snn_macs", "ann_macs", "energy_snn_uj", "energy_ann_uj"):
+                self.sums[k] = self.sums.get(k, 0.0) + getattr(rep, k) * b
+            for k, v in rep.spikes_per_layer.items():
+                self.per_layer[k] = self.per_layer.get(k, 0.0) + v * b
+            self.last = rep
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(1, self.n)
+
+    def figures(self) -> dict:
+        d = {k: v / self.n for k, v in self.sums.items()}
+        d["spikes_per_layer"] = {k: v / self.n for k, v in self.per_layer.items()}
+        if d.get("energy_snn_uj"):
+            d["energy_ratio"] = d["energy_ann_uj"] / d["energy_snn_uj"]
+        return d
+
+
+def _ann_accuracy(model, ds, batch_size, quiet) -> float:
+    acc = _Accumulator()
+    with torch.no_grad():
+        for x, y in _progress(_batches(ds, batch_size), "ANN", math.ceil(len(ds) / batch_size), quiet):
+            acc.add(model(x), y, None)
+    return acc.accuracy
+
+
+def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int = 8, beta=2.0,
+             method: str = "spikeconverter", engine: str = "fast", checkpoint: str | None = None,
+             limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
+             data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0) -> dict:
+    """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy."""
+    if engine not in ("fast", "simulate"):
+        raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
+    if method == "rate" and engine == "fast":
+        engine = "simulate"  # the rate baseline has no exact shortcut
+    net, info = load_model(model, dataset, checkpoint)
+    test = _subset(load_dataset(dataset, "test", data_root), limit, seed)
+    calib = calibration_data(dataset, calibration, data_root, seed)
+    t0 = time.time()
+    snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
+                  progress=not quiet)
+    t_convert = time.time() - t0
+    ann_acc = _ann_accuracy(net, test, batch_size, quiet)
+    cost = CostModel(snn.plan, snn.input_shape, snn.input_coding)
+    acc = _Accumulator()
+    t0 = time.time()
+    with torch.no_grad():
+        for x, y in _progress(_batches(test, batch_size), f"SNN ({engine})", math.ceil(len(test) / batch_size), quiet):
+            if engine == "fast":
+                counts, logits = neuron_spike_counts(snn, x, return_logits=True)
+            else:
+                res = snn.simulate(x, neuron_counts=True)
+                counts, logits = res.extra["neuron_counts"], res.logits
+            acc.add(logits, y, report(snn, x, counts, cost))
+    t_snn = time.time() - t0
+    out = {
+        "model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
+        "method": method, "engine": engine, "timesteps": timesteps, "beta": snn.layers[0].beta if snn.layers else beta,
+        "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold, "phi": phi,
+        "test_images": len(test), "calibration_images": len(calib),
+        "ann_accuracy": ann_acc, "snn_accuracy": acc.accuracy, "difference_pp": acc.accuracy - ann_acc,
+        "spiking_depth": snn.spiking_depth, "latency_steps": snn.latency_steps, "steps_per_input": snn.steps_per_input,
+        "energy_convention": ENERGY_CONVENTION, "seconds_convert": t_convert, "seconds_snn": t_snn,
+        "layers": [dict(name=la.name, theta=la.theta, beta=la.beta, neurons=la.neurons, depth=la.depth,
+                        calibration_mse=la.error) for la in snn.layers],
+    }
+    out.update(acc.figures())
+    return out
+
+
+def format_evaluate(r: dict) -> str:
+    rows = [
+        ("model / data", f"{r['model']} / {r['dataset']} ({r['test_images']} test images; calibration: "
+                         f"{r['calibration_images']} training images)"),
+        ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']})"),
+        ("ANN accuracy", f"{r['ann_accuracy']:.2f} %"),
+        ("SNN accuracy", f"{r['snn_accuracy']:.2f} %"),
+        ("difference", f"{r['difference_pp']:+.2f} pp"),
+    ]
+    if r["method"] == "rate":
+        rows += [("time steps", f"T = {r['timesteps']} (all layers at once)"),
+                 ("latency", f"{r['latency_steps']} steps end to end"),
+                 ("throughput", f"1 input / {r['steps_per_input']} steps")]
+    else:
+        rows += [("time steps", f"T = {r['timesteps']} per phase"),
+                 ("latency", f"{r['latency_steps']} steps end to end ((L+1)*T, L = {r['spiking_depth']})"),
+                 ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined)")]
+    rows += [
+        ("spikes / image", f"{r['spikes']:,.0f}"),
+        ("SOPs / image", f"{r['sops']:,.0f}"),
+        ("SNN MACs / image", f"{r['snn_macs']:,.0f} (analog-input ops)"),
+        ("ANN MACs / image", f"{r['ann_macs']:,.0f}"),
+        ("energy / image", f"SNN {r['energy_snn_uj']:.2f} uJ, ANN {r['energy_ann_uj']:.2f} uJ "
+                           f"(ANN/SNN = {r['energy_ratio']:.2f}x)"),
+        ("energy convention", r["energy_convention"]),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4, 5, 6, 8),
+          rate_timesteps=(16, 32, 64, 128, 256, 512), beta=2.0, checkpoint=None, limit=None, rate_limit=None,
+          calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
+          extra_betas=()) -> dict:
+    """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
+    baseline (one simulation of max(rate_timesteps) steps, read at every requested T)."""
+    net, info = load_model(model, dataset, checkpoint)
+    test = _subset(load_dataset(dataset, "test", data_root), limit, seed)
+    rate_test = _subset(test, rate_limit, seed) if rate_limit else test
+    calib = calibration_data(dataset, calibration, data_root, seed)
+    ann_acc = _ann_accuracy(net, test, batch_size, quiet)
+    ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
+    rows = []
+    for b in (beta,) + tuple(extra_betas):
+        for T in timesteps:
+            snn = convert(net, calib, timesteps=T, beta=b)
+            cost = CostModel(snn.plan, snn.input_shape)
+            acc = _Accumulator()
+            with torch.no_grad():
+                for x, y in _progress(_batches(test, batch_size), f"beta={b:g} T={T}", math.ceil(len(test) / batch_size),
+                                      quiet):
+                    counts, logits = neuron_spike_counts(snn, x, return_logits=True)
+                    acc.add(logits, y, report(snn, x, counts, cost))
+            f = acc.figures()
+            rows.append(dict(method="spikeconverter" if b == beta else f"spikeconverter beta={b:g}", beta=b,
+                             timesteps=T, latency_steps=snn.latency_steps, accuracy=acc.accuracy,
+                             difference_pp=acc.accuracy - ann_acc, spikes=f["spikes"], sops=f["sops"],
+                             energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
+                             images=len(test)))
+    if rate_timesteps:
+        tmax = max(rate_timesteps)
+        rate = convert(net, calib, timesteps=tmax, method="rate")
+        cost = CostModel(rate.plan, rate.input_shape)
+        accs = {t: _Accumulator() for t in rate_timesteps}
+        from .engine import RateSimulator
+
+        sim = RateSimulator(rate.plan)
+        for x, y in _progress(_batches(rate_test, batch_size), f"rate T<={tmax}", math.ceil(len(rate_test) / batch_size),
+                              quiet):
+            def at(t, logits, counts, x=x, y=y):
+                rate.timesteps = t  # the report's latency and MAC accounting use the current T
+                accs[t].add(logits, y, report(rate, x, counts, cost))
+
+            sim.run(x, tmax, checkpoints=rate_timesteps, on_checkpoint=at)
+        rate.timesteps = tmax
+        for t in rate_timesteps:
+            f = accs[t].figures()
+            rows.append(dict(method="rate", beta=1.0, timesteps=t, latency_steps=t, accuracy=accs[t].accuracy,
+                             difference_pp=accs[t].accuracy - ann_acc_rate, spikes=f["spikes"], sops=f["sops"],
+                             energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
+                             images=len(rate_test)))
+    return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
+            "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
+            "rate_images": len(rate_test), "calibration_images": len(calib), "energy_convention": ENERGY_CONVENTION,
+            "rows": rows}
+
+
+def format_sweep(r: dict) -> str:
+    head = (f"{r['model']} / {r['dataset']}: ANN {r['ann_accuracy']:.2f} % on {r['test_images']} test images"
+            + (f" ({r['ann_accuracy_rate_images']:.2f} % on the {r['rate_images']} used for the rate baseline)"
+               if r["rate_images"] != r["test_images"] else ""))
+    lines = [head, f"{'method':<26}{'T':>5}{'latency':>9}{'accuracy':>10}{'diff pp':>9}{'spikes/img':>12}"
+                   f"{'SOPs/img':>14}{'energy uJ':>11}"]
+    for row in r["rows"]:
+        lines.append(f"{row['method']:<26}{row['timesteps']:>5}{row['latency_steps']:>9}{row['accuracy']:>10.2f}"
+                     f"{row['difference_pp']:>+9.2f}{row['spikes']:>12,.0f}{row['sops']:>14,.0f}"
+                     f"{row['energy_snn_uj']:>11.2f}")
+    lines.append(f"energy: {r['energy_convention']}")
+    return "\n".join(lines)
+
+
+def plot_sweep(r: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = []
+    for row in r["rows"]:
+        if row["method"] not in methods:
+            methods.append(row["method"])
+    for ax, key, label in ((axes[0], "timesteps", "time steps T (per phase for two-phase)"),
+                           (axes[1], "latency_steps", "end-to-end latency (steps)")):
+        for m in methods:
+            rows = [row for row in r["rows"] if row["method"] == m]
+            ax.plot([row[key] for row in rows], [row["accuracy"] for row in rows], marker="o", label=m)
+        ax.axhline(r["ann_accuracy"], color="k", linestyle="--", label=f"ANN {r['ann_accuracy']:.2f} %")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        lo = min(row["accuracy"] for row in r["rows"])
+        ax.set_ylim(max(0, min(lo, r["ann_accuracy"]) - 3), min(100, r["ann_accuracy"] + 2))
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{r['model']} / {r['dataset']}: accuracy vs time steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(obj, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
