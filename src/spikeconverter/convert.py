@@ -218,7 +218,7 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
     dtype = param.dtype if param is not None else torch.float32
 
     # observe
-    for a, m in mods.items():
+    for m in mods.values():
         m.observer = Observer(signed=m.signed)
         m.mode = "observe"
     input_shape, n_batches = None, 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .convert import convert
+from .convert import _check_args, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
 from .metrics import ENERGY_CONVENTION, CostModel, Report, neuron_spike_counts, report
@@ -116,6 +116,9 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy."""
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
+    _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
+    if calibration < 1:
+        raise ValueError(f"--calibration must be >= 1, got {calibration}")
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
@@ -192,6 +195,12 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
           extra_betas=()) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T)."""
+    for T in tuple(timesteps) + tuple(rate_timesteps):
+        _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
+    for b in extra_betas:
+        _check_args(1, b, None, "spikeconverter", 0.5, "analog")
+    if calibration < 1:
+        raise ValueError(f"--calibration must be >= 1, got {calibration}")
     net, info = load_model(model, dataset, checkpoint)
     test = _subset(load_dataset(dataset, "test", data_root), limit, seed)
     rate_test = _subset(test, rate_limit, seed) if rate_limit else test

@@ -1,0 +1,94 @@
+"""Images per second of the ANN, our fast path (eager and compiled) and our time-stepped engine at
+T = 4, 8, 16, as ratios to the ANN's time measured in the same run. Target: fast path <= 1.3x ANN.
+
+    python benchmarks/speed.py [--models resnet20 vgg16 mobilenet_v2] [--batch 250] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import spikeconverter as sc
+from spikeconverter.evaluate import load_model
+
+import _common
+
+
+def _best(fn, reps):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@torch.no_grad()
+def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4, 8, 16), reps: int = 5) -> dict:
+    ckpt = _common.checkpoint_for(model_name)
+    if ckpt:
+        net, _ = load_model(model_name, "cifar10", ckpt)
+        weights = "shipped checkpoint"
+    else:  # speed does not depend on the weights' values: random weights, said so in the output
+        torch.manual_seed(0)
+        net = sc.models.create(model_name).eval()
+        weights = "random weights (no shipped checkpoint)"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=g)
+    xs = x[:sim_batch]
+    t_ann = _best(lambda: net(x), reps)
+    t_ann_small = _best(lambda: net(xs), reps)
+    rows = []
+    for T in timesteps:
+        snn = sc.convert(net, x[:128], timesteps=T)
+        t_fast = _best(lambda: snn(x), reps)
+        snn.compile()
+        t_comp = _best(lambda: snn(x), reps)
+        snn.compile(False)
+        t_sim = _best(lambda: snn.simulate(xs), 1)
+        rows.append({"T": T, "fast_ratio": t_fast / t_ann, "compiled_ratio": t_comp / t_ann,
+                     "simulate_ratio": t_sim / t_ann_small,
+                     "img_per_s_fast": batch / t_fast, "img_per_s_compiled": batch / t_comp,
+                     "img_per_s_simulate": sim_batch / t_sim})
+    return {"model": model_name, "weights": weights, "batch": batch, "sim_batch": sim_batch,
+            "img_per_s_ann": batch / t_ann, "rows": rows}
+
+
+def format_speed(results: list[dict], machine: str) -> str:
+    lines = [f"Machine: {machine}. Ratios are times relative to the ANN on the same batch, measured in one run "
+             "(best of 5; the time-stepped engine: one run on a 16-image batch vs the ANN on the same 16 images).",
+             "",
+             "| model | T | ANN img/s | fast path (eager) | fast path (compiled) | time-stepped engine |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        for row in r["rows"]:
+            lines.append(f"| {r['model']} | {row['T']} | {r['img_per_s_ann']:,.0f} | "
+                         f"{row['fast_ratio']:.2f}x ({row['img_per_s_fast']:,.0f} img/s) | "
+                         f"{row['compiled_ratio']:.2f}x ({row['img_per_s_compiled']:,.0f} img/s) | "
+                         f"{row['simulate_ratio']:.1f}x ({row['img_per_s_simulate']:,.1f} img/s) |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["resnet20", "vgg16", "mobilenet_v2"])
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [measure(m, args.batch) for m in args.models]
+    print(format_speed(results, _common.machine()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": _common.machine(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

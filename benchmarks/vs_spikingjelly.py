@@ -1,0 +1,178 @@
+"""The same checkpoint converted by SpikingJelly 2.0's ann2snn and by spikeconverter, on the same images.
+
+SpikingJelly recipes: RateCodingRecipe (modes "Max" and "99.9%") and LocalThresholdBalancingRecipe.
+Accuracy at T = 8..512 (one run of max(T) steps, read at each T: its thresholds do not depend on T),
+spikes per image, and wall time per image of SJ's multi-step simulation vs our fast path and our
+time-stepped engine, all in one run.
+
+Needs the optional extra: `make compare` (SpikingJelly installed with --no-deps, as it pins a
+torchvision/torchaudio that do not import beside our torch).
+
+    python benchmarks/vs_spikingjelly.py [--model resnet20] [--images 1000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+import spikeconverter as sc
+from spikeconverter.data import load_dataset
+from spikeconverter.evaluate import _batches, _subset, calibration_data, load_model
+
+import _common
+
+SJ_T = (8, 16, 32, 64, 128, 256, 512)
+
+
+def spikingjelly_available() -> str | None:
+    try:
+        import spikingjelly  # noqa: F401
+        from spikingjelly.activation_based import ann2snn  # noqa: F401
+    except Exception as e:  # missing, or its own imports fail
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _sj_recipes(calib_batches):
+    from spikingjelly.activation_based import ann2snn
+
+    return {
+        'RateCoding "Max"': lambda: ann2snn.RateCodingRecipe(dataloader=calib_batches, mode="Max"),
+        'RateCoding "99.9%"': lambda: ann2snn.RateCodingRecipe(dataloader=calib_batches, mode="99.9%"),
+        "LocalThresholdBalancing": lambda: ann2snn.LocalThresholdBalancingRecipe(dataloader=calib_batches),
+    }
+
+
+def _count_spikes(snn):
+    """Forward hooks on SJ's spiking neurons: running total of emitted spikes."""
+    from spikingjelly.activation_based import neuron
+
+    total = {"n": 0.0}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: total.__setitem__("n", total["n"] + float(out.sum())))
+             for m in snn.modules() if isinstance(m, neuron.BaseNode)]
+    return total, hooks
+
+
+@torch.no_grad()
+def run_spikingjelly(net, calib, test, timesteps=SJ_T, batch_size=250, quiet=False):
+    from spikingjelly.activation_based import ann2snn, functional
+
+    calib_batches = [(calib[i : i + 128], torch.zeros(len(calib[i : i + 128]), dtype=torch.long))
+                     for i in range(0, len(calib), 128)]
+    rows = []
+    tmax = max(timesteps)
+    for name, make in _sj_recipes(calib_batches).items():
+        try:
+            snn = ann2snn.Converter(recipe=make()).convert(copy.deepcopy(net).eval())
+        except Exception as e:
+            rows.append({"recipe": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            continue
+        snn.eval()
+        correct = {t: 0 for t in timesteps}
+        spikes = {t: 0.0 for t in timesteps}
+        n = 0
+        total, hooks = _count_spikes(snn)
+        for x, y in _batches(test, batch_size):
+            functional.reset_net(snn)
+            total["n"] = 0.0
+            out = 0
+            for t in range(1, tmax + 1):
+                out = out + snn(x)
+                if t in correct:
+                    correct[t] += int((out.argmax(1) == y).sum())
+                    spikes[t] += total["n"]
+            n += len(y)
+        for h in hooks:
+            h.remove()
+        for t in timesteps:
+            rows.append({"recipe": name, "timesteps": t, "accuracy": 100.0 * correct[t] / n, "spikes": spikes[t] / n})
+        if not quiet:
+            print(f"  {name}: T={tmax} {rows[-1]['accuracy']:.2f} %", flush=True)
+    return rows
+
+
+def _time(fn, reps=3):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@torch.no_grad()
+def wall_times(net, calib, x, sj_T=32, our_T=8):
+    """Seconds per image: SJ multi-step at sj_T, our fast path (eager, compiled), our time-stepped engine."""
+    from spikingjelly.activation_based import ann2snn, functional
+
+    calib_batches = [(calib[:256], torch.zeros(256, dtype=torch.long))]
+    sj = ann2snn.Converter(recipe=ann2snn.RateCodingRecipe(dataloader=calib_batches, mode="99.9%")).convert(
+        copy.deepcopy(net).eval())
+    functional.set_step_mode(sj, "m")
+
+    def sj_run():
+        functional.reset_net(sj)
+        sj(x.unsqueeze(0).repeat(sj_T, 1, 1, 1, 1)).mean(0)
+
+    ours = sc.convert(net, calib, timesteps=our_T)
+    b = len(x)
+    out = {"images": b, "sj_T": sj_T, "our_T": our_T,
+           "ann": _time(lambda: net(x)) / b,
+           "sj_multistep": _time(sj_run) / b,
+           "ours_fast": _time(lambda: ours(x)) / b}
+    ours.compile()
+    out["ours_fast_compiled"] = _time(lambda: ours(x)) / b
+    ours.compile(False)
+    out["ours_simulate"] = _time(lambda: ours.simulate(x), reps=1) / b
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    why = spikingjelly_available()
+    if why:
+        print(f"SpikingJelly is not installed or does not import ({why}).\n"
+              "Install the optional extra with `make compare` (pip install --no-deps spikingjelly==2.0.0 "
+              "plus its runtime needs), then run this script again.")
+        raise SystemExit(1)
+    net, info = load_model(args.model, "cifar10", _common.checkpoint_for(args.model, override=args.checkpoint))
+    calib = calibration_data("cifar10", 512)
+    test = _subset(load_dataset("cifar10", "test"), args.images, 0)
+    print(f"machine: {_common.machine()}\n{args.model}: {info['checkpoint']}, {len(test)} test images")
+    result = {"model": args.model, "images": len(test), "machine": _common.machine(),
+              "spikingjelly": run_spikingjelly(net, calib, test)}
+    ours = []
+    for T in (4, 6, 8):
+        snn = sc.convert(net, calib, timesteps=T)
+        from spikeconverter.metrics import neuron_spike_counts
+
+        correct, spikes, n = 0, 0.0, 0
+        for x, y in _batches(test, 250):
+            counts, logits = neuron_spike_counts(snn, x, return_logits=True)
+            correct += int((logits.argmax(1) == y).sum())
+            spikes += float(sum(c.sum() for c in counts.values()))
+            n += len(y)
+        ours.append({"timesteps": T, "latency_steps": snn.latency_steps, "accuracy": 100.0 * correct / n,
+                     "spikes": spikes / n})
+    result["spikeconverter"] = ours
+    x = test.normalize(test.images[:64])
+    result["wall_seconds_per_image"] = wall_times(net, calib, x)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
