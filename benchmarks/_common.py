@@ -37,3 +37,16 @@ def checkpoint_for(model: str, dataset: str = "cifar10", override: str | None = 
         return override
     p = shipped_checkpoint(model, dataset)
     return str(p) if p else None
+
+
+def best_time(fn, reps: int = 5) -> float:
+    """Best wall time of ``reps`` calls after one warm-up call (best-of: the least disturbed run)."""
+    import time
+
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best

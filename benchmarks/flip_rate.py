@@ -14,27 +14,11 @@ import argparse
 
 import torch
 
-from spikeconverter import convert, neuron
+from spikeconverter import convert
 from spikeconverter.data import load_dataset
 from spikeconverter.evaluate import _subset, calibration_data, load_model
-from spikeconverter.graph import SpikeActivation
 
 import _common
-
-
-def twin_digits(snn, x):
-    qann = snn.quantized_ann()
-    out, hooks = {}, []
-    for node in qann.graph.nodes:
-        if node.op == "call_module" and isinstance(qann.get_submodule(node.target), SpikeActivation):
-            m = qann.get_submodule(node.target)
-            name = node.meta.get("layer_name", node.name)
-            hooks.append(m.register_forward_hook(lambda mod, inp, res, name=name: out.__setitem__(
-                name, neuron.quantize_digits(inp[0], mod.theta, mod.beta, mod.timesteps, mod.phi))))
-    logits = qann(x)
-    for h in hooks:
-        h.remove()
-    return logits, out
 
 
 @torch.no_grad()
@@ -55,7 +39,7 @@ def main():
     for dtype in (torch.float32, torch.float64):
         snn = convert(net.to(dtype), calib.to(dtype), timesteps=args.T)
         res = snn.simulate(x.to(dtype), record=True)
-        logits, twin = twin_digits(snn, x.to(dtype))
+        logits, twin = snn.twin_trains(x.to(dtype))
         flips = sum(int((res.spike_trains[k] != twin[k]).sum()) for k in twin)
         digits = sum(twin[k].numel() for k in twin)
         changed = int((res.logits.argmax(1) != logits.argmax(1)).sum())

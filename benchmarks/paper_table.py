@@ -139,30 +139,7 @@ def main():
         if why:
             md += [f"Not run: SpikingJelly is not installed here (`make compare` installs it). ({why})", ""]
         else:
-            from spikeconverter.data import load_dataset
-            from spikeconverter.evaluate import _subset, calibration_data, load_model
-
-            net, _ = load_model("resnet20", "cifar10", _common.checkpoint_for("resnet20"))
-            calib = calibration_data("cifar10", 512)
-            test = _subset(load_dataset("cifar10", "test"), args.sj_images, 0)
-            sj = {"images": len(test), "spikingjelly": vs.run_spikingjelly(net, calib, test, quiet=True)}
-            ours = []
-            from spikeconverter import convert
-            from spikeconverter.evaluate import _batches
-            from spikeconverter.metrics import neuron_spike_counts
-
-            for T in (4, 6, 8):
-                snn = convert(net, calib, timesteps=T)
-                correct, spikes, n = 0, 0.0, 0
-                for x, y in _batches(test, 250):
-                    counts, logits = neuron_spike_counts(snn, x, return_logits=True)
-                    correct += int((logits.argmax(1) == y).sum())
-                    spikes += float(sum(c.sum() for c in counts.values()))
-                    n += len(y)
-                ours.append({"timesteps": T, "latency_steps": snn.latency_steps, "accuracy": 100 * correct / n,
-                             "spikes": spikes / n})
-            sj["spikeconverter"] = ours
-            sj["wall_seconds_per_image"] = vs.wall_times(net, calib, test.normalize(test.images[:64]))
+            sj = vs.compare("resnet20", images=args.sj_images, quiet=True)
             out["sj"] = sj
             md += sj_markdown(sj) + ["", "SpikingJelly's LocalThresholdBalancingRecipe is run as in its own example "
                                      "(sum of outputs from step 0). Its numbers are reported as measured.", ""]

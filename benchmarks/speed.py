@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -16,16 +15,6 @@ import spikeconverter as sc
 from spikeconverter.evaluate import load_model
 
 import _common
-
-
-def _best(fn, reps):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 @torch.no_grad()
@@ -41,16 +30,16 @@ def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g)
     xs = x[:sim_batch]
-    t_ann = _best(lambda: net(x), reps)
-    t_ann_small = _best(lambda: net(xs), reps)
+    t_ann = _common.best_time(lambda: net(x), reps)
+    t_ann_small = _common.best_time(lambda: net(xs), reps)
     rows = []
     for T in timesteps:
         snn = sc.convert(net, x[:128], timesteps=T)
-        t_fast = _best(lambda: snn(x), reps)
+        t_fast = _common.best_time(lambda: snn(x), reps)
         snn.compile()
-        t_comp = _best(lambda: snn(x), reps)
+        t_comp = _common.best_time(lambda: snn(x), reps)
         snn.compile(False)
-        t_sim = _best(lambda: snn.simulate(xs), 1)
+        t_sim = _common.best_time(lambda: snn.simulate(xs), 1)
         rows.append({"T": T, "fast_ratio": t_fast / t_ann, "compiled_ratio": t_comp / t_ann,
                      "simulate_ratio": t_sim / t_ann_small,
                      "img_per_s_fast": batch / t_fast, "img_per_s_compiled": batch / t_comp,

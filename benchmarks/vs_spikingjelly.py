@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 
 import torch
 
@@ -96,16 +95,6 @@ def run_spikingjelly(net, calib, test, timesteps=SJ_T, batch_size=250, quiet=Fal
     return rows
 
 
-def _time(fn, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 @torch.no_grad()
 def wall_times(net, calib, x, sj_T=32, our_T=8):
     """Seconds per image: SJ multi-step at sj_T, our fast path (eager, compiled), our time-stepped engine."""
@@ -123,14 +112,44 @@ def wall_times(net, calib, x, sj_T=32, our_T=8):
     ours = sc.convert(net, calib, timesteps=our_T)
     b = len(x)
     out = {"images": b, "sj_T": sj_T, "our_T": our_T,
-           "ann": _time(lambda: net(x)) / b,
-           "sj_multistep": _time(sj_run) / b,
-           "ours_fast": _time(lambda: ours(x)) / b}
+           "ann": _common.best_time(lambda: net(x)) / b,
+           "sj_multistep": _common.best_time(sj_run) / b,
+           "ours_fast": _common.best_time(lambda: ours(x)) / b}
     ours.compile()
-    out["ours_fast_compiled"] = _time(lambda: ours(x)) / b
+    out["ours_fast_compiled"] = _common.best_time(lambda: ours(x)) / b
     ours.compile(False)
-    out["ours_simulate"] = _time(lambda: ours.simulate(x), reps=1) / b
+    out["ours_simulate"] = _common.best_time(lambda: ours.simulate(x), 1) / b
     return out
+
+
+@torch.no_grad()
+def run_ours(net, calib, test, timesteps=(4, 6, 8)):
+    """Our method on the same images: accuracy, end-to-end latency and spikes per image."""
+    from spikeconverter.metrics import neuron_spike_counts
+
+    rows = []
+    for T in timesteps:
+        snn = sc.convert(net, calib, timesteps=T)
+        correct, spikes, n = 0, 0.0, 0
+        for x, y in _batches(test, 250):
+            counts, logits = neuron_spike_counts(snn, x, return_logits=True)
+            correct += int((logits.argmax(1) == y).sum())
+            spikes += float(sum(c.sum() for c in counts.values()))
+            n += len(y)
+        rows.append({"timesteps": T, "latency_steps": snn.latency_steps, "accuracy": 100.0 * correct / n,
+                     "spikes": spikes / n})
+    return rows
+
+
+def compare(model: str = "resnet20", checkpoint=None, images: int = 1000, quiet: bool = False) -> dict:
+    """SpikingJelly's recipes and ours on the same checkpoint, calibration and test images."""
+    net, info = load_model(model, "cifar10", _common.checkpoint_for(model, override=checkpoint))
+    calib = calibration_data("cifar10", 512)
+    test = _subset(load_dataset("cifar10", "test"), images, 0)
+    return {"model": model, "checkpoint": info["checkpoint"], "images": len(test), "machine": _common.machine(),
+            "spikingjelly": run_spikingjelly(net, calib, test, quiet=quiet),
+            "spikeconverter": run_ours(net, calib, test),
+            "wall_seconds_per_image": wall_times(net, calib, test.normalize(test.images[:64]))}
 
 
 def main():
@@ -146,28 +165,8 @@ def main():
               "Install the optional extra with `make compare` (pip install --no-deps spikingjelly==2.0.0 "
               "plus its runtime needs), then run this script again.")
         raise SystemExit(1)
-    net, info = load_model(args.model, "cifar10", _common.checkpoint_for(args.model, override=args.checkpoint))
-    calib = calibration_data("cifar10", 512)
-    test = _subset(load_dataset("cifar10", "test"), args.images, 0)
-    print(f"machine: {_common.machine()}\n{args.model}: {info['checkpoint']}, {len(test)} test images")
-    result = {"model": args.model, "images": len(test), "machine": _common.machine(),
-              "spikingjelly": run_spikingjelly(net, calib, test)}
-    ours = []
-    for T in (4, 6, 8):
-        snn = sc.convert(net, calib, timesteps=T)
-        from spikeconverter.metrics import neuron_spike_counts
-
-        correct, spikes, n = 0, 0.0, 0
-        for x, y in _batches(test, 250):
-            counts, logits = neuron_spike_counts(snn, x, return_logits=True)
-            correct += int((logits.argmax(1) == y).sum())
-            spikes += float(sum(c.sum() for c in counts.values()))
-            n += len(y)
-        ours.append({"timesteps": T, "latency_steps": snn.latency_steps, "accuracy": 100.0 * correct / n,
-                     "spikes": spikes / n})
-    result["spikeconverter"] = ours
-    x = test.normalize(test.images[:64])
-    result["wall_seconds_per_image"] = wall_times(net, calib, x)
+    print(f"machine: {_common.machine()}")
+    result = compare(args.model, args.checkpoint, args.images)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

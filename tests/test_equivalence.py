@@ -11,28 +11,18 @@ from nets import NETS, make
 
 
 def twin_digits(snn, x):
-    """Run the quantized ANN and return, per spiking layer, the twin's digits and value."""
-    qann = snn.quantized_ann()
-    out, hooks = {}, []
+    """Per layer (the twin's digits, the twin's value): the value is read by a second hook."""
+    logits, trains = snn.twin_trains(x)
+    qann, values, hooks = snn.quantized_ann(), {}, []
     for node in qann.graph.nodes:
         if node.op == "call_module" and isinstance(qann.get_submodule(node.target), SpikeActivation):
-            m = qann.get_submodule(node.target)
             name = node.meta.get("layer_name", node.name)
-
-            def hook(mod, inp, res, name=name):
-                z = inp[0]
-                if mod.signed:
-                    d = (neuron.quantize_digits(z, mod.theta, mod.beta, mod.timesteps, mod.phi)
-                         - neuron.quantize_digits(-z, mod.theta, mod.beta, mod.timesteps, mod.phi))
-                else:
-                    d = neuron.quantize_digits(z, mod.theta, mod.beta, mod.timesteps, mod.phi)
-                out[name] = (d, res)
-
-            hooks.append(m.register_forward_hook(hook))
-    logits = qann(x)
+            hooks.append(qann.get_submodule(node.target).register_forward_hook(
+                lambda mod, inp, out, name=name: values.__setitem__(name, out)))
+    assert torch.equal(qann(x), logits)
     for h in hooks:
         h.remove()
-    return logits, out
+    return logits, {k: (trains[k], values[k]) for k in trains}
 
 
 def check_identical(snn, x):
@@ -138,3 +128,51 @@ def test_float32_simulation_agrees_with_twin_almost_always():
     flips = sum(int((res.spike_trains[k] != twin[k][0]).sum()) for k in twin)
     total = sum(twin[k][0].numel() for k in twin)
     assert flips / total < 1e-3
+
+
+def test_mixed_betas_per_group_stay_identical():
+    """Groups (layers whose spikes meet in one neuron) may use different beta: every neuron must
+    accumulate with its senders' beta and generate with its own."""
+    from spikeconverter.convert import _beta_groups
+
+    model, shape = make("resnet_block", seed=12)
+    g = torch.Generator().manual_seed(12)
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=4)
+    groups = _beta_groups(snn.plan)
+    assert len(set(groups.values())) >= 3
+    choice = {gid: b for gid, b in zip(sorted(set(groups.values())), [1.5, 2.0, 1.25, 1.0, 1.75, 2.0])}
+    for node, gid in groups.items():
+        snn.gm.get_submodule(node.target).beta = choice[gid]
+    # the residual sum's two sources (block input and conv2 output) must share one group
+    add_sinks = [s for s, r in snn.plan.regions.items() if len([x for x in r.sources if x is not snn.plan.input]) > 1]
+    for s in add_sinks:
+        assert len({groups[x] for x in snn.plan.regions[s].sources if x in groups}) == 1
+    snn.layers = [sc.LayerInfo(**{**la.__dict__, "beta": snn.gm.get_submodule(n.target).beta})
+                  for la, n in zip(snn.layers, snn.plan.activations)]
+    check_identical(snn, torch.randn((2,) + shape, generator=g, dtype=torch.float64))
+
+
+def test_beta_search_reports_its_choice():
+    model, shape = make("vgg_maxpool", seed=13)
+    g = torch.Generator().manual_seed(13)
+    snn = sc.convert(model, torch.randn((32,) + shape, generator=g, dtype=torch.float64), timesteps=3, beta="search")
+    assert snn.betas and all(b in (1.0, 1.25, 1.5, 1.75, 2.0) for b in snn.betas.values())
+    # with a fixed T the binary code has the most levels: the search should not do worse than beta=2
+    fixed = sc.convert(model, torch.randn((32,) + shape, generator=g, dtype=torch.float64), timesteps=3, beta=2.0)
+    assert sum(la.error for la in snn.layers) <= sum(la.error for la in fixed.layers) * 1.05
+    check_identical(snn, torch.randn((2,) + shape, generator=g, dtype=torch.float64))
+
+
+def test_rate_baseline_converges_with_T():
+    model, shape = make("resnet_block", seed=14, dtype=torch.float32)
+    g = torch.Generator().manual_seed(14)
+    calib = torch.randn((64,) + shape, generator=g)
+    x = torch.randn((64,) + shape, generator=g)
+    ann = model(x)
+    err = {}
+    for T in (8, 64, 512):
+        rate = sc.convert(model, calib, timesteps=T, method="rate")
+        assert rate.latency_steps == T
+        err[T] = float((rate(x) - ann).abs().mean())
+    assert err[512] < err[64] < err[8]
+    assert err[512] < 0.1 * float(ann.abs().mean())

@@ -23,7 +23,7 @@ from .calibrate import (
 )
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
 from .graph import GraphPlan, SpikeActivation, prepare
-from .neuron import check_params
+from .neuron import check_params, quantize_digits
 
 METHODS = ("spikeconverter", "rate")
 
@@ -124,6 +124,30 @@ class SpikingNetwork(nn.Module):
         for m in self._acts():
             m.compiled = enabled
         return self
+
+    @torch.no_grad()
+    def twin_trains(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The twin's logits and, per spiking layer, the trains [T, batch, ...] its digits make
+        (signed for the input coder): what ``simulate(x, record=True)`` must reproduce."""
+        self._check_input(x)
+        qann = self.quantized_ann()
+        trains, hooks = {}, []
+        for node in qann.graph.nodes:
+            if node.op == "call_module" and isinstance(qann.get_submodule(node.target), SpikeActivation):
+                name = node.meta.get("layer_name", node.name)
+
+                def hook(mod, inp, out, name=name):
+                    args = (mod.theta, mod.beta, mod.timesteps, mod.phi)
+                    d = quantize_digits(inp[0], *args)
+                    trains[name] = d - quantize_digits(-inp[0], *args) if mod.signed else d
+
+                hooks.append(qann.get_submodule(node.target).register_forward_hook(hook))
+        try:
+            logits = qann(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return logits, trains
 
     def quantized_ann(self) -> nn.Module:
         """The original graph (BN folded) with q() in place of every spiking activation: the
