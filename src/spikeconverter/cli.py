@@ -24,7 +24,8 @@ def _evaluate(args) -> int:
 
     r = evaluate(model=args.model, dataset=args.dataset, timesteps=args.T, beta=_beta(args.beta), method=args.method,
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
-                 threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet)
+                 threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
+                 compile=not args.no_compile)
     print(format_evaluate(r))
     if args.json:
         write_json(r, args.json)
@@ -37,7 +38,7 @@ def _sweep(args) -> int:
     r = sweep(model=args.model, dataset=args.dataset, timesteps=tuple(args.T), rate_timesteps=tuple(args.rate_T),
               beta=_beta(args.beta), checkpoint=args.checkpoint, limit=args.limit, rate_limit=args.rate_limit,
               calibration=args.calibration, data_root=args.data, quiet=args.quiet,
-              extra_betas=tuple(float(b) for b in args.also_beta))
+              extra_betas=tuple(float(b) for b in args.also_beta), compile=not args.no_compile)
     print(format_sweep(r))
     if args.plot:
         plot_sweep(r, args.plot)
@@ -50,7 +51,7 @@ def _demo(args) -> int:
     args.model, args.dataset, args.T, args.beta, args.method, args.engine = "resnet20", "cifar10", 8, "2", \
         "spikeconverter", "fast"
     args.checkpoint, args.threshold, args.phi, args.json = None, None, 0.5, None
-    args.calibration = 512
+    args.calibration, args.no_compile = 512, False
     print("spikeconverter demo: shipped ResNet-20 (CIFAR-10) converted at T = 8, beta = 2; "
           "full test set, exact fast path\n")
     return _evaluate(args)
@@ -75,6 +76,8 @@ def _common(p, T_default=8):
     p.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-compile", action="store_true",
+                   help="do not build the fused quantizer kernel (same results, slower fast path)")
 
 
 def build_parser() -> argparse.ArgumentParser:
