@@ -281,3 +281,18 @@ def test_loader_batches_and_augmentation(tmp_path):
     x = loader(ds, batch_size=50, train=True, augment=True, shuffle=False, seed=3)
     imgs, _ = next(iter(x))
     assert imgs.shape == (50, 3, 32, 32)
+
+
+def test_load_dataset_download_flag(tmp_path, http_server, monkeypatch):
+    """load_dataset(download=True) finds nothing, fetches the release archive and reads it."""
+    from spikeconverter.data import download as dl
+
+    served, base = http_server
+    write_cifar10_pickles(tmp_path / "src")
+    arch = tar_dir(tmp_path / "src", served / "cifar-10-python.tar.gz")
+    md5 = hashlib.md5(arch.read_bytes()).hexdigest()
+    monkeypatch.setitem(dl.OFFICIAL, "cifar10", (f"{base}/cifar-10-python.tar.gz", md5))
+    with pytest.raises(DatasetError):
+        load_dataset("cifar10", "train", root=tmp_path / "empty")
+    ds = load_dataset("cifar10", "train", root=tmp_path / "empty", download=True)
+    assert len(ds) == 15 and (tmp_path / "empty" / "cifar-10-python.tar.gz").exists()

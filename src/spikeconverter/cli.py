@@ -12,7 +12,7 @@ def _train(args) -> int:
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       label_smoothing=args.label_smoothing, seed=args.seed, bf16=not args.no_bf16,
-                      data_root=args.data, threads=args.threads)
+                      data_root=args.data, download=args.download, threads=args.threads)
     meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
                  half_export=args.half, stop_after=args.stop_after, limit=args.limit)
     print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
@@ -25,7 +25,7 @@ def _evaluate(args) -> int:
     r = evaluate(model=args.model, dataset=args.dataset, timesteps=args.T, beta=_beta(args.beta), method=args.method,
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
-                 compile=not args.no_compile)
+                 compile=not args.no_compile, download=args.download)
     print(format_evaluate(r))
     if args.json:
         write_json(r, args.json)
@@ -38,7 +38,7 @@ def _sweep(args) -> int:
     r = sweep(model=args.model, dataset=args.dataset, timesteps=tuple(args.T), rate_timesteps=tuple(args.rate_T),
               beta=_beta(args.beta), checkpoint=args.checkpoint, limit=args.limit, rate_limit=args.rate_limit,
               calibration=args.calibration, data_root=args.data, quiet=args.quiet,
-              extra_betas=tuple(float(b) for b in args.also_beta), compile=not args.no_compile)
+              extra_betas=tuple(float(b) for b in args.also_beta), compile=not args.no_compile, download=args.download)
     print(format_sweep(r))
     if args.plot:
         plot_sweep(r, args.plot)
@@ -51,7 +51,7 @@ def _demo(args) -> int:
     args.model, args.dataset, args.T, args.beta, args.method, args.engine = "resnet20", "cifar10", 8, "2", \
         "spikeconverter", "fast"
     args.checkpoint, args.threshold, args.phi, args.json = None, None, 0.5, None
-    args.calibration, args.no_compile = 512, False
+    args.calibration, args.no_compile, args.download = 512, False, False
     print("spikeconverter demo: shipped ResNet-20 (CIFAR-10) converted at T = 8, beta = 2; "
           "full test set, exact fast path\n")
     return _evaluate(args)
@@ -76,6 +76,8 @@ def _common(p, T_default=8):
     p.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--download", action="store_true",
+                   help="CIFAR-10/100: fetch the official release (md5-checked) if no copy is found")
     p.add_argument("--no-compile", action="store_true",
                    help="do not build the fused quantizer kernel (same results, slower fast path)")
 
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-bf16", action="store_true", help="train in float32")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
+    t.add_argument("--download", action="store_true", help="CIFAR: fetch the official release if no copy is found")
     t.add_argument("--out", required=True, help="run checkpoint (.safetensors), rewritten every epoch")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--export", default=None, help="also write the final weights here (shippable form)")

@@ -52,11 +52,11 @@ def _batches(ds, batch_size: int):
         yield from torch.utils.data.DataLoader(ds, batch_size=batch_size)
 
 
-def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0) -> torch.Tensor:
+def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, download: bool = False) -> torch.Tensor:
     """``n`` training images (fixed random subset), normalised, as one tensor."""
     if n < 1:
         raise ValueError(f"--calibration must be >= 1, got {n}")
-    train = _subset(load_dataset(dataset, "train", data_root), n, seed + 1)
+    train = _subset(load_dataset(dataset, "train", data_root, download=download), n, seed + 1)
     return torch.cat([x for x, _ in _batches(train, 512)])
 
 
@@ -112,7 +112,8 @@ def _ann_accuracy(model, ds, batch_size, quiet) -> float:
 def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int = 8, beta=2.0,
              method: str = "spikeconverter", engine: str = "fast", checkpoint: str | None = None,
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
-             data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True) -> dict:
+             data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
+             download: bool = False) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster)."""
     if engine not in ("fast", "simulate"):
@@ -123,8 +124,8 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
-    test = _subset(load_dataset(dataset, "test", data_root), limit, seed)
-    calib = calibration_data(dataset, calibration, data_root, seed)
+    test = _subset(load_dataset(dataset, "test", data_root, download=download), limit, seed)
+    calib = calibration_data(dataset, calibration, data_root, seed, download=download)
     t0 = time.time()
     snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
                   progress=not quiet)
@@ -195,7 +196,7 @@ def format_evaluate(r: dict) -> str:
 def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4, 5, 6, 8),
           rate_timesteps=(16, 32, 64, 128, 256, 512), beta=2.0, checkpoint=None, limit=None, rate_limit=None,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
-          extra_betas=(), compile: bool = True) -> dict:
+          extra_betas=(), compile: bool = True, download: bool = False) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T)."""
     for T in tuple(timesteps) + tuple(rate_timesteps):
@@ -205,9 +206,9 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
     net, info = load_model(model, dataset, checkpoint)
-    test = _subset(load_dataset(dataset, "test", data_root), limit, seed)
+    test = _subset(load_dataset(dataset, "test", data_root, download=download), limit, seed)
     rate_test = _subset(test, rate_limit, seed) if rate_limit else test
-    calib = calibration_data(dataset, calibration, data_root, seed)
+    calib = calibration_data(dataset, calibration, data_root, seed, download=download)
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)
     ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
     rows = []

@@ -38,6 +38,7 @@ class TrainConfig:
     bf16: bool = True
     channels_last: bool = True
     data_root: str | None = None
+    download: bool = False
     threads: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -110,7 +111,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_ds = load_dataset(cfg.dataset, "train", cfg.data_root)
+    train_ds = load_dataset(cfg.dataset, "train", cfg.data_root, download=cfg.download)
     if limit is not None:
         train_ds = train_ds.subset(limit)
     test_ds = load_dataset(cfg.dataset, "test", cfg.data_root)
