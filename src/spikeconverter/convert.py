@@ -56,6 +56,7 @@ class SpikingNetwork(nn.Module):
         self.input_shape = tuple(input_shape)
         self.input_coding = input_coding
         self.threshold = threshold
+        self.exact_bounds = None  # set by fixed_point mode: inputs are rounded and range-checked
         self._set_mode("quantize" if method == "spikeconverter" else "ann")
 
     # -- introspection -------------------------------------------------------------------------
@@ -97,9 +98,19 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, self.input_shape))})")
 
     # -- running -------------------------------------------------------------------------------
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.exact_bounds is None:
+            return x
+        from .fixed_point import check_bounds, round_input
+
+        x = round_input(x)
+        check_bounds(self.exact_bounds, x)
+        return x
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        x = self._prepare_input(x)
         if self.method == "rate":
             return RateSimulator(self.plan).run(x, self.timesteps).logits
         return self.gm(x)
@@ -110,7 +121,7 @@ class SpikingNetwork(nn.Module):
         """Time-stepped simulation. ``record``: keep every layer's trains; ``stream``: feed the
         batch's inputs one after another every T steps through the pipeline; ``neuron_counts``:
         spikes per neuron of every source in ``result.extra["neuron_counts"]``."""
-        self._check_input(x)
+        x = self._prepare_input(x)
         if self.method == "rate":
             if stream:
                 raise ValueError("streaming applies to the two-phase pipeline, not the rate baseline")
@@ -129,7 +140,7 @@ class SpikingNetwork(nn.Module):
     def twin_trains(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The twin's logits and, per spiking layer, the trains [T, batch, ...] its digits make
         (signed for the input coder): what ``simulate(x, record=True)`` must reproduce."""
-        self._check_input(x)
+        x = self._prepare_input(x)
         qann = self.quantized_ann()
         trains, hooks = {}, []
         for node in qann.graph.nodes:
@@ -216,7 +227,7 @@ def _beta_groups(plan: GraphPlan) -> dict:
 
 def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, threshold: str | None = None,
             method: str = "spikeconverter", phi: float = 0.5, input_coding: str = "analog",
-            progress: bool = False) -> SpikingNetwork:
+            progress: bool = False, fixed_point: bool = False) -> SpikingNetwork:
     """Convert a trained CNN into a spiking network.
 
     Args:
@@ -230,6 +241,8 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         phi: offset in [0, 1): 0.5 rounds to the nearest code level, 0 truncates.
         input_coding: "analog" (first layer takes the input as current) or "spike" (the input is
             sent as a signed T-step train of the same code).
+        fixed_point: round weights, thresholds, biases and the input to power-of-two grids (float64)
+            so that the simulator and the twin agree bit for bit by construction (fixed_point.py).
     """
     _check_args(timesteps, beta, threshold, method, phi, input_coding)
     if threshold is None:
@@ -306,4 +319,14 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         m.observer = None
         layers.append(LayerInfo(a.meta.get("layer_name", a.name), theta, b, m.phi, m.cap, neurons.get(a, 0),
                                 plan.depth[a], err, groups[a]))
-    return SpikingNetwork(plan, method, timesteps, layers, input_shape, input_coding, threshold)
+    snn = SpikingNetwork(plan, method, timesteps, layers, input_shape, input_coding, threshold)
+    if fixed_point:
+        if method != "spikeconverter":
+            raise ValueError("fixed_point applies to the two-phase method")
+        from . import fixed_point as fx_point
+
+        snn.double()
+        snn.exact_bounds = fx_point.apply(plan, timesteps, input_shape)
+        for info, a in zip(layers, spikers):
+            info.theta = gm.get_submodule(a.target).theta
+    return snn

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .graph import GraphPlan, SpikeActivation, run_region
+from .graph import GraphPlan, SpikeActivation, node_shapes, run_region
 from .neuron import generate, generate_step
 
 
@@ -285,28 +285,11 @@ class TwoPhaseSimulator:
         return run_region(self.gm, region, values, with_bias=False)
 
     def _source_shapes(self, x1: torch.Tensor) -> dict:
-        """Shapes (for one slot's batch) of every source, from one ANN-mode pass."""
-        from torch.fx import Interpreter
-
-        shapes = {}
+        """Shapes (for one slot's batch) of every source."""
         plan = self.plan
-
-        class Rec(Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                if n is plan.input or n is plan.coder or n in plan.maxpools or n in plan.activations:
-                    shapes[n] = out.shape
-                return out
-
-        modes = {a: m.mode for a, m in self.act.items()}
-        for m in self.act.values():
-            m.mode = "ann"
-        try:
-            Rec(self.gm).run(x1)
-        finally:
-            for a, m in self.act.items():
-                m.mode = modes[a]
-        return shapes
+        shapes = node_shapes(self.gm, x1)
+        return {n: shapes[n] for n in shapes if n is plan.input or n is plan.coder or n in plan.maxpools
+                or n in plan.activations}
 
 
 # ---------------------------------------------------------------------------------------------

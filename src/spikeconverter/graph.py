@@ -472,6 +472,30 @@ def prepare(model: nn.Module, input_coding: str = "analog") -> GraphPlan:
     return analyze(gm)
 
 
+def node_shapes(gm: fx.GraphModule, x1: torch.Tensor) -> dict:
+    """The output shape of every tensor-valued node for input ``x1``, from one ANN-mode pass."""
+    shapes = {}
+    acts = [m for m in gm.modules() if isinstance(m, SpikeActivation)]
+    modes = [m.mode for m in acts]
+
+    class Rec(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if torch.is_tensor(out):
+                shapes[n] = tuple(out.shape)
+            return out
+
+    for m in acts:
+        m.mode = "ann"
+    try:
+        with torch.no_grad():
+            Rec(gm).run(x1)
+    finally:
+        for m, mode in zip(acts, modes):
+            m.mode = mode
+    return shapes
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluating a region (used by both simulators)
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import GraphPlan, Region, SpikeActivation
+from .graph import GraphPlan, Region, node_shapes
 from .neuron import binary_spike_count, quantize_digits
 
 E_MAC_PJ = 4.6
@@ -71,27 +71,8 @@ class CostModel:
             self.ops += self._region_ops(sink, region)
 
     def _shapes(self) -> dict:
-        shapes = {}
-        acts = [m for m in self.gm.modules() if isinstance(m, SpikeActivation)]
-        modes = [m.mode for m in acts]
-        for m in acts:
-            m.mode = "ann"
-
-        class Rec(fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                if torch.is_tensor(out):
-                    shapes[n] = tuple(out.shape)
-                return out
-
         dtype = next(self.gm.parameters()).dtype
-        try:
-            with torch.no_grad():
-                Rec(self.gm).run(torch.zeros((1,) + self.input_shape, dtype=dtype))
-        finally:
-            for m, mode in zip(acts, modes):
-                m.mode = mode
-        return shapes
+        return node_shapes(self.gm, torch.zeros((1,) + self.input_shape, dtype=dtype))
 
     def _is_spiking_source(self, src) -> bool:
         root = self.plan.root_source(src)
