@@ -134,16 +134,17 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
         return quantize(z, theta, beta, timesteps, phi)
     v0 = initial_potential(z, theta, beta, timesteps, phi)
     scale = 2.0**timesteps
-    kmax = scale - 1
     # one correctly rounded division (scale is a power of two): the rounded quotient is never below
-    # an integer the true quotient reaches, so only the case k -> k + 1 can occur
-    k = torch.floor(v0 / theta * scale).clamp_(0.0, kmax)
+    # an integer the true quotient reaches, so only the case k -> k + 1 can occur. In-place ops:
+    # this runs on every activation of the fast path, and allocations cost as much as arithmetic.
+    k = torch.div(v0, theta).mul_(scale).floor_().clamp_(0.0, scale - 1)
     if not exact:
-        return k * (theta / scale)
+        return k.mul_(theta / scale)
+    # exact check: k * theta <= V0 * scale must hold (float64: k <= 2^T, theta has <= 24 bits)
     th64 = theta.double() if torch.is_tensor(theta) else float(theta)
-    over = (k.double() * th64) > (v0.double() * scale)
-    k = (k - over.to(k.dtype)).clamp_(min=0.0)
-    return k * (theta / scale)
+    # (products, not in-place: .double() of a float64 tensor is the tensor itself)
+    over = (k.double() * th64).gt_(v0.double() * scale)
+    return k.sub_(over.to(k.dtype)).clamp_(min=0.0).mul_(theta / scale)
 
 
 # ---------------------------------------------------------------------------------------------
