@@ -165,3 +165,24 @@ def test_compiled_network_equals_eager():
     eager = snn(x)
     assert torch.equal(snn.compile()(x), eager)
     assert torch.equal(snn.compile(False)(x), eager)
+
+
+def test_compiled_kernel_across_many_T_and_thresholds():
+    """One process, many (T, theta, phi, rank) in shuffled order: a compiled kernel must not keep
+    values from an earlier call (torch.compile specialisation / guards)."""
+    import random
+
+    import pytest
+
+    if not neuron.compiled_available():
+        pytest.skip("torch.compile has no C++ compiler here")
+    rnd = random.Random(0)
+    g = torch.Generator().manual_seed(0)
+    cases = [(T, th, phi) for T in range(1, 17) for th in (0.3, 0.7, 1.9, 0.0123, 4.4) for phi in (0.0, 0.5)]
+    rnd.shuffle(cases)
+    for T, th, phi in cases:
+        th = float(np.float32(th))
+        z = torch.randn(3000, generator=g) * th * 1.2
+        for shape in [(3000,), (30, 100), (3, 10, 10, 10)]:
+            zz = z.reshape(shape)
+            assert torch.equal(neuron.quantize_compiled(zz, th, 2.0, T, phi), neuron.quantize(zz, th, 2.0, T, phi))

@@ -152,8 +152,8 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
 # ---------------------------------------------------------------------------------------------
 
 
-def _binary_code_f64(z: torch.Tensor, off: float, theta: float, scale: float, kmax: float,
-                     theta_over_scale: float) -> torch.Tensor:
+def _binary_code_f64(z: torch.Tensor, off: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor,
+                     kmax: torch.Tensor, theta_over_scale: torch.Tensor) -> torch.Tensor:
     # V0 = z + off in z's own precision (exactly as the neuron forms it), then q = V0/theta * 2^T
     # in float64. A quotient that is exactly k 2^-T comes out exact (division is correctly rounded;
     # a multiplication by a rounded 1/theta would not). A quotient that is not lies at least
@@ -161,7 +161,10 @@ def _binary_code_f64(z: torch.Tensor, off: float, theta: float, scale: float, km
     # float64 rounding moves it at most q 2^-53 -- so for T <= 27 the floor is exact and no
     # correction step is needed. The tests check it one ulp either side of code boundaries.
     v0 = z + off
-    k = torch.floor(v0.double() / theta * scale).clamp(0.0, kmax)
+    k = torch.floor(v0.double() / theta * scale)
+    # minimum/clamp_min with a tensor, not clamp(0, kmax): compiled clamp kept the first call's
+    # bound for later calls with other T (seen with torch 2.13; the tests run many (T, theta) pairs)
+    k = torch.minimum(torch.clamp_min(k, 0.0), kmax)
     return (k * theta_over_scale).to(z.dtype)
 
 
@@ -178,7 +181,7 @@ def _get_kernel():
     if _compiled_kernel is None:
         try:
             fn = torch.compile(_binary_code_f64, dynamic=True)
-            fn(torch.zeros(2, 3), 0.1, 0.5, 4.0, 3.0, 0.125)  # build it now, so failures show here
+            fn(torch.zeros(2, 3), *_scalars(0.1, 0.5, 4.0, 3.0, 0.125))  # build it now, so failures show here
             _compiled_kernel = fn
         except Exception:  # no compiler, unsupported platform: the eager path stays exact
             _compiled_kernel = False
@@ -192,7 +195,13 @@ def quantize_compiled(z: torch.Tensor, theta: float, beta: float, timesteps: int
         return quantize_fast(z, theta, beta, timesteps, phi)
     scale = 2.0**timesteps
     off = phi * theta * 2.0 ** (-timesteps) if phi else 0.0
-    return kernel(z, off, theta, scale, scale - 1, theta / scale)
+    return kernel(z, *_scalars(off, theta, scale, scale - 1, theta / scale))
+
+
+def _scalars(*values: float) -> list[torch.Tensor]:
+    # 0-d tensors, not Python floats: torch.compile specialises on float arguments and would
+    # recompile for every new T or threshold (and fall back to eager after 8 recompiles)
+    return [torch.tensor(v, dtype=torch.float64) for v in values]
 
 
 _POPCOUNT: dict = {}
