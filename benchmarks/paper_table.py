@@ -36,6 +36,7 @@ PUBLISHED = {
     "vgg16": "QCFS (Bu et al., ICLR 2022), VGG-16: ANN 95.52 %, SNN 94.95 % at T = 8",
 }
 LOSSES = (0.1, 0.5, 1.0)
+CHECKPOINT_TARGETS = {"resnet20": 90.5, "vgg16": 92.0, "mobilenet_v2": 90.5}  # ANN test accuracy (issue targets)
 
 
 def lowest(rows, method, loss):
@@ -104,7 +105,11 @@ def main():
     ap.add_argument("--limit", type=int, default=None, help="test images for our method (default all)")
     ap.add_argument("--skip-sj", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--readme-only", action="store_true", help="rewrite the README section from docs/results.json")
     args = ap.parse_args()
+    if args.readme_only:
+        update_readme(json.loads((DOCS / "results.json").read_text()))
+        return
     models = args.models or [m for m, ds in available().items() if "cifar10" in ds]
     if not models:
         raise SystemExit("no shipped CIFAR-10 checkpoint: train one first (scripts/train_zoo.sh)")
@@ -160,27 +165,35 @@ def update_readme(out: dict) -> None:
     """Replace the README's results section with a summary of docs/results.json."""
     readme = ROOT / "README.md"
     text = readme.read_text()
-    lines = ["| model | ANN % | ours T=8 (latency) % | ours: lowest T within 0.1 pp | rate T=512 % | "
+    lines = ["| model | ANN % | ours T=8 (latency) % | ours: lowest T within 0.1 pp | rate T=512 % (ANN on its subset) | "
              "rate: lowest T within 0.5 pp | published anchor |", "|---|---|---|---|---|---|---|"]
-    misses = []
+    misses, met = [], []
     for m, r in out["sweeps"].items():
         t8 = next((row for row in r["rows"] if row["method"] == "spikeconverter" and row["timesteps"] == 8), None)
         r512 = next((row for row in r["rows"] if row["method"] == "rate" and row["timesteps"] == max(RATE_T)), None)
         a, b = lowest(r["rows"], "spikeconverter", 0.1), lowest(r["rows"], "rate", 0.5)
         lines.append(f"| {m} | {r['ann_accuracy']:.2f} | {t8['accuracy']:.2f} ({t8['latency_steps']} steps) | "
-                     f"{a['timesteps'] if a else 'not reached'} | {r512['accuracy']:.2f} | "
+                     f"{a['timesteps'] if a else 'not reached'} | {r512['accuracy']:.2f} ({r['ann_accuracy_rate_images']:.2f} on "
+                     f"{r['rate_images']:,}) | "
                      f"{b['timesteps'] if b else 'not reached by 512'} | {PUBLISHED.get(m, '-')} |")
         if t8["difference_pp"] < -0.1:
             misses.append(f"{m}: SNN - ANN at T = 8 is {t8['difference_pp']:+.2f} pp (target >= -0.10 pp)")
+        else:
+            met.append(f"{m}: SNN - ANN at T = 8 is {t8['difference_pp']:+.2f} pp (target >= -0.10 pp)")
+        goal = CHECKPOINT_TARGETS.get(m)
+        if goal is not None and r["ann_accuracy"] < goal:
+            misses.append(f"{m}: the shipped ANN reaches {r['ann_accuracy']:.2f} %, {goal - r['ann_accuracy']:.2f} pp under "
+                          f"its {goal} % target (docs/training.md)")
     if out.get("speed"):
         for s in out["speed"]:
             worst = max(row["compiled_ratio"] for row in s["rows"])
             worst_eager = max(row["fast_ratio"] for row in s["rows"])
-            if worst > 1.3:
-                misses.append(f"{s['model']}: compiled fast path {worst:.2f}x the ANN's time (target <= 1.3x)")
+            (misses if worst > 1.3 else met).append(
+                f"{s['model']}: compiled fast path (the CLI default) at most {worst:.2f}x the ANN's time (target <= 1.3x)")
             if worst_eager > 1.3:
-                misses.append(f"{s['model']}: eager fast path {worst_eager:.2f}x the ANN's time (target <= 1.3x)")
-    body = "\n".join(lines + ["", "Targets missed: " + ("; ".join(misses) if misses else "none") + ".", "",
+                misses.append(f"{s['model']}: eager fast path (no C++ compiler, or --no-compile) {worst_eager:.2f}x")
+    body = "\n".join(lines + ["", "Targets met: " + ("; ".join(met) if met else "none") + ".", "",
+                              "Targets missed: " + ("; ".join(misses) if misses else "none") + ".", "",
                               f"Machine: {out['machine']}. Full tables, plots, the SpikingJelly comparison and "
                               "speed ratios: [docs/results.md](docs/results.md)."])
     text = re.sub(r"(<!-- results:start -->\n).*?(\n<!-- results:end -->)", lambda mm: mm.group(1) + body + mm.group(2),

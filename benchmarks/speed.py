@@ -60,6 +60,8 @@ def format_speed(results: list[dict], machine: str) -> str:
                          f"{row['fast_ratio']:.2f}x ({row['img_per_s_fast']:,.0f} img/s) | "
                          f"{row['compiled_ratio']:.2f}x ({row['img_per_s_compiled']:,.0f} img/s) | "
                          f"{row['simulate_ratio']:.1f}x ({row['img_per_s_simulate']:,.1f} img/s) |")
+    lines.append("")
+    lines.append("Weights: " + "; ".join(f"{r['model']}: {r['weights']}" for r in results) + ".")
     return "\n".join(lines)
 
 

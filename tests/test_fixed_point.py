@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from nets import make, randomize_bn
 
 import spikeconverter as sc
+
+from nets import make, randomize_bn
 
 
 def assert_bit_exact(snn, x):
