@@ -120,11 +120,10 @@ class TwoPhaseSimulator:
     def __init__(self, plan: GraphPlan):
         self.plan, self.gm = plan, plan.gm
         self.coder = plan.coder  # the signed input coder (spike-coded input), or None
-        coder = self.coder
         self.act = {n: self.gm.get_submodule(n.target) for n in plan.activations}
-        if coder is not None:
-            self.act[coder] = self.gm.get_submodule(coder.target)
-        self.sinks = [a for a in plan.activations if a is not coder] + [plan.output]
+        if self.coder is not None:
+            self.act[self.coder] = self.gm.get_submodule(self.coder.target)
+        self.sinks = list(plan.activations) + [plan.output]
         self.acc_beta = {s: self._accumulate_beta(s) for s in self.sinks}
 
     def theta_of(self, src) -> float:

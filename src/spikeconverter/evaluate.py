@@ -76,7 +76,6 @@ class _Accumulator:
         self.correct = 0
         self.sums: dict = {}
         self.per_layer: dict = {}
-        self.last: Report | None = None
 
     def add(self, logits, y, rep: Report | None):
         b = len(y)
@@ -87,7 +86,6 @@ class _Accumulator:
                 self.sums[k] = self.sums.get(k, 0.0) + getattr(rep, k) * b
             for k, v in rep.spikes_per_layer.items():
                 self.per_layer[k] = self.per_layer.get(k, 0.0) + v * b
-            self.last = rep
 
     @property
     def accuracy(self) -> float:

@@ -159,8 +159,8 @@ def _structural(gm, n, args, kwargs):
             y = n.target(*args, **kwargs)
             return y * (args[0][0, 0].numel() / y[0, 0].numel())
         if n.target is torch.mean:
-            x = args[0]
-            return n.target(*args, **kwargs) * (x.numel() / n.target(*args, **kwargs).numel())
+            y = n.target(*args, **kwargs)
+            return y * (args[0].numel() / y.numel())
         return n.target(*args, **kwargs)
     if n.target == "mean":
         x = args[0]
