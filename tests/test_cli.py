@@ -83,6 +83,16 @@ def test_sweep_table_plot_json(tmp_path):
 
 
 @needs_shipped
+def test_sweep_ablation_at_its_own_T(tmp_path):
+    js = tmp_path / "s.json"
+    r = run("--threads", "1", "sweep", "-T", "2", "4", "--rate-T", "8", "--also-beta", "1", "--also-beta-T", "3",
+            "--limit", "50", "--rate-limit", "20", "--calibration", "32", "--json", str(js), "--quiet", "--no-compile")
+    assert r.returncode == 0, r.stderr
+    rows = [(row["method"], row["timesteps"]) for row in json.loads(js.read_text())["rows"]]
+    assert rows == [("spikeconverter", 2), ("spikeconverter", 4), ("spikeconverter beta=1", 3), ("rate", 8)]
+
+
+@needs_shipped
 def test_pretrained_loads():
     import spikeconverter as sc
 

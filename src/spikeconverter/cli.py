@@ -38,7 +38,9 @@ def _sweep(args) -> int:
     r = sweep(model=args.model, dataset=args.dataset, timesteps=tuple(args.T), rate_timesteps=tuple(args.rate_T),
               beta=_beta(args.beta), checkpoint=args.checkpoint, limit=args.limit, rate_limit=args.rate_limit,
               calibration=args.calibration, data_root=args.data, quiet=args.quiet,
-              extra_betas=tuple(float(b) for b in args.also_beta), compile=not args.no_compile, download=args.download)
+              extra_betas=tuple(float(b) for b in args.also_beta),
+              extra_beta_timesteps=tuple(args.also_beta_T) if args.also_beta_T else None,
+              compile=not args.no_compile, download=args.download)
     print(format_sweep(r))
     if args.plot:
         plot_sweep(r, args.plot)
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-T", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512])
     s.add_argument("--rate-limit", type=int, default=None, help="test images for the (slow) rate baseline")
     s.add_argument("--also-beta", nargs="*", default=[], help="extra beta values as ablation rows (e.g. 1)")
+    s.add_argument("--also-beta-T", nargs="+", type=int, default=None,
+                   help="time steps for the --also-beta rows (default: the same as -T)")
     s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
     s.set_defaults(func=_sweep)
 

@@ -194,10 +194,14 @@ def format_evaluate(r: dict) -> str:
 def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4, 5, 6, 8),
           rate_timesteps=(16, 32, 64, 128, 256, 512), beta=2.0, checkpoint=None, limit=None, rate_limit=None,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
-          extra_betas=(), compile: bool = True, download: bool = False) -> dict:
+          extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
-    baseline (one simulation of max(rate_timesteps) steps, read at every requested T)."""
-    for T in tuple(timesteps) + tuple(rate_timesteps):
+    baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
+
+    extra_betas are ablation rows (e.g. beta = 1: temporal separation without iLIF), run at
+    extra_beta_timesteps (default: the same T as the main rows)."""
+    extra_beta_timesteps = tuple(timesteps if extra_beta_timesteps is None else extra_beta_timesteps)
+    for T in tuple(timesteps) + tuple(rate_timesteps) + extra_beta_timesteps:
         _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
     for b in extra_betas:
         _check_args(1, b, None, "spikeconverter", 0.5, "analog")
@@ -211,7 +215,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
     rows = []
     for b in (beta,) + tuple(extra_betas):
-        for T in timesteps:
+        for T in (timesteps if b == beta else extra_beta_timesteps):
             snn = convert(net, calib, timesteps=T, beta=b).compile(compile)
             cost = CostModel(snn.plan, snn.input_shape)
             acc = _Accumulator()
