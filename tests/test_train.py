@@ -102,3 +102,17 @@ def test_schedules():
     c.schedule = "step"
     with pytest.raises(ValueError):
         lr_at(0, 10, c)
+
+
+def test_half_export_records_the_shipped_weights_accuracy(tiny_root, tmp_path):
+    """fp16 export: test_acc in the shipped metadata is measured on the fp16-rounded weights."""
+    from spikeconverter.data import load_dataset
+    from spikeconverter.train import evaluate_accuracy
+
+    exp = tmp_path / "shipped.safetensors"
+    meta = train(cfg(tiny_root, epochs=1), tmp_path / "run.safetensors", progress=False, export=exp, half_export=True)
+    shipped = json.loads(exp.with_suffix(".json").read_text())
+    assert shipped["storage"] == "float16" and shipped["test_acc_float32"] == meta["test_acc"]
+    m = sc.models.create("resnet20")
+    load_weights(m, exp)
+    assert shipped["test_acc"] == evaluate_accuracy(m, load_dataset("cifar10", "test", str(tiny_root)))
