@@ -13,7 +13,7 @@ for m in "${models[@]}"; do
   case $m in
     resnet20)     args=(--epochs 90 --lr 0.1 --weight-decay 5e-4);;
     vgg16)        args=(--epochs 20 --lr 0.05 --weight-decay 5e-4 --half);;
-    mobilenet_v2) args=(--epochs 15 --lr 0.1 --weight-decay 4e-5 --half);;
+    mobilenet_v2) args=(--epochs 30 --lr 0.1 --weight-decay 4e-5 --half);;
     *) echo "unknown model $m"; exit 2;;
   esac
   OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$PY" -m spikeconverter.cli train ${THREADS:+--threads $THREADS} --model "$m" --dataset cifar10 "${args[@]}" --seed 0 \
