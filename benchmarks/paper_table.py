@@ -125,6 +125,9 @@ def main():
     ap.add_argument("--ablation-T", type=int, nargs="+", default=None, help="T of the beta = 1 rows (default per model)")
     ap.add_argument("--sj-images", type=int, default=500)
     ap.add_argument("--sj-calibration", type=int, default=50000, help="training images for SpikingJelly's recipes")
+    ap.add_argument("--sj-json", default=None,
+                    help="take SpikingJelly's accuracy rows from this `vs_spikingjelly.py --json` output (measured while "
+                         "the machine was busy, say) and measure only the wall times here")
     ap.add_argument("--limit", type=int, default=None, help="test images for our method (default all)")
     ap.add_argument("--skip-sj", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
@@ -201,6 +204,13 @@ def main():
         else:
             if "sj" in args.reuse:
                 sj = take_old("sj", old["sj"])
+            elif args.sj_json:
+                sj = json.loads(Path(args.sj_json).read_text())
+                reused.append(f"SpikingJelly accuracy rows from {args.sj_json} (vs_spikingjelly.py, {sj.get('date', '?')}, "
+                              f"{sj.get('machine', '?')}); wall times measured in this run")
+                t1 = time.time()
+                sj["wall_seconds_per_image"] = vs.timing("resnet20")
+                stamp("sj", time.time() - t1)
             else:
                 t1 = time.time()
                 sj = vs.compare("resnet20", images=args.sj_images, sj_calibration=args.sj_calibration, quiet=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import time
 
 import torch
 
@@ -156,6 +157,13 @@ def run_ours(net, calib, test, timesteps=(4, 6, 8)):
     return rows
 
 
+def timing(model: str = "resnet20", checkpoint=None) -> dict:
+    """Only the wall-time part of compare() (seconds per image), on the same 64 test images."""
+    net, _ = load_model(model, "cifar10", _common.checkpoint_for(model, override=checkpoint))
+    test = load_dataset("cifar10", "test")
+    return wall_times(net, calibration_data("cifar10", 512), test.normalize(_subset(test, 1000, 0).images[:64]))
+
+
 def compare(model: str = "resnet20", checkpoint=None, images: int = 1000, sj_calibration: int = 50000,
             quiet: bool = False) -> dict:
     """SpikingJelly's recipes and ours on the same checkpoint and test images. Ours calibrates on 512
@@ -166,6 +174,7 @@ def compare(model: str = "resnet20", checkpoint=None, images: int = 1000, sj_cal
     sj_calib = calib if sj_calibration == 512 else calibration_data("cifar10", sj_calibration)
     test = _subset(load_dataset("cifar10", "test"), images, 0)
     return {"model": model, "checkpoint": info["checkpoint"], "images": len(test), "machine": _common.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "calibration_images": len(calib), "sj_calibration_images": len(sj_calib),
             "spikingjelly": run_spikingjelly(net, sj_calib, test, quiet=quiet),
             "spikeconverter": run_ours(net, calib, test),
