@@ -237,6 +237,32 @@ def main():
     print(f"wrote {DOCS / 'results.md'}")
 
 
+def sj_readme_lines(sj: dict | None) -> list[str]:
+    """One README line per converter: our T = 8 against each SpikingJelly recipe at T = 64 / 256 / 512."""
+    if not sj:
+        return []
+    ours = next((r for r in sj["spikeconverter"] if r["timesteps"] == 8), None)
+    lines = ["", f"SpikingJelly 2.0 ann2snn on the same ResNet-20 ({sj['images']} test images; accuracy %, the better of "
+             "its two readouts, spikes per image):", "",
+             "| converter | T=8 | T=64 | T=256 | T=512 |", "|---|---|---|---|---|"]
+    if ours:
+        lines.append(f"| spikeconverter (latency {ours['latency_steps']} steps at T=8) | {ours['accuracy']:.2f} "
+                     f"({ours['spikes']:,.0f}) | - | - | - |")
+    recipes = dict.fromkeys(r["recipe"] for r in sj["spikingjelly"])
+    for name in recipes:
+        cells = []
+        for t in (8, 64, 256, 512):
+            row = next((r for r in sj["spikingjelly"] if r["recipe"] == name and r.get("timesteps") == t), None)
+            if row is None:
+                err = next((r["error"] for r in sj["spikingjelly"] if r["recipe"] == name and "error" in r), None)
+                cells.append("failed" if err else "-")
+            else:
+                acc = max(row["accuracy"], row.get("accuracy_delayed", row["accuracy"]))
+                cells.append(f"{acc:.2f} ({row['spikes']:,.0f})")
+        lines.append(f"| SpikingJelly {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def update_readme(out: dict) -> None:
     """Replace the README's results section with a summary of docs/results.json."""
     readme = ROOT / "README.md"
@@ -268,6 +294,7 @@ def update_readme(out: dict) -> None:
                 f"{s['model']}: compiled fast path (the CLI default) at most {worst:.2f}x the ANN's time (target <= 1.3x)")
             if worst_eager > 1.3:
                 misses.append(f"{s['model']}: eager fast path (no C++ compiler, or --no-compile) {worst_eager:.2f}x")
+    lines += sj_readme_lines(out.get("sj"))
     body = "\n".join(lines + ["", "Targets met: " + ("; ".join(met) if met else "none") + ".", "",
                               "Targets missed: " + ("; ".join(misses) if misses else "none") + ".", "",
                               f"Machine: {out['machine']}. Full tables, plots, the SpikingJelly comparison and "
