@@ -1,0 +1,64 @@
+"""Every shipped checkpoint: loads through the public API, its metadata is consistent, and the test
+accuracy it claims is what the project's evaluate path measures (full test set: slow)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import spikeconverter as sc
+from spikeconverter.models import shipped_checkpoint
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+MODELS = ["resnet20", "vgg16", "mobilenet_v2"]
+
+
+def shipped(name):
+    p = shipped_checkpoint(name, "cifar10")
+    if p is None:
+        pytest.skip(f"no shipped {name} checkpoint yet")
+    return p, json.loads(p.with_suffix(".json").read_text())
+
+
+def test_at_least_resnet20_is_shipped():
+    assert shipped_checkpoint("resnet20", "cifar10") is not None
+    assert "cifar10" in sc.models.available()["resnet20"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loads_with_consistent_metadata(name):
+    path, meta = shipped(name)
+    m = sc.models.create(name, pretrained=True)
+    assert not m.training
+    assert meta["arch"] == name and meta["dataset"] == "cifar10" and meta["epochs"] == meta["config"]["epochs"]
+    assert meta["storage"] in ("float16", "float32") and 10.0 < meta["test_acc"] <= 100.0
+    assert "cifar10-jpeg" in meta["data"]  # trained and measured on the JPEG copy
+
+
+def _test_set():
+    if not SHARED.exists():
+        pytest.skip("shared datasets not beside this checkout")
+    from spikeconverter.data import load_dataset
+
+    return load_dataset("cifar10", "test", str(SHARED))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sane_on_500_test_images(name):
+    """Cheap guard against a broken export (wrong keys, bad fp16 cast): accuracy on 500 random test
+    images is within 5 pp of the full-set figure the metadata claims."""
+    _, meta = shipped(name)
+    from spikeconverter.evaluate import _subset
+    from spikeconverter.train import evaluate_accuracy
+
+    acc = evaluate_accuracy(sc.models.create(name, pretrained=True), _subset(_test_set(), 500, 0))
+    assert abs(acc - meta["test_acc"]) < 5.0, (acc, meta["test_acc"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_claimed_accuracy_reproduces_exactly(name):
+    _, meta = shipped(name)
+    from spikeconverter.train import evaluate_accuracy
+
+    assert evaluate_accuracy(sc.models.create(name, pretrained=True), _test_set()) == meta["test_acc"]
