@@ -9,9 +9,10 @@ import re
 import sys
 from pathlib import Path
 
+from spikeconverter.models import CHECKPOINT_TARGETS
+
 ROOT = Path(__file__).resolve().parents[1]
 CK = ROOT / "src" / "spikeconverter" / "checkpoints"
-TARGETS = {"resnet20": 90.5, "vgg16": 92.0, "mobilenet_v2": 90.5}  # issue 3's targets, ANN test accuracy
 
 
 def table() -> str:
@@ -25,7 +26,7 @@ def table() -> str:
         acc = f"{m['test_acc']:.2f} %"
         if "test_acc_float32" in m:
             acc += f" (float32 before export: {m['test_acc_float32']:.2f} %)"
-        goal = TARGETS.get(m["arch"])
+        goal = CHECKPOINT_TARGETS.get((m["arch"], m["dataset"]))
         short = m["test_acc"] - goal if goal is not None else 0.0
         target = "-" if goal is None else f"{goal} % (" + ("met" if short >= 0 else f"{short:+.2f} pp") + ")"
         secs = m.get("seconds_per_epoch_median", "?")
