@@ -4,6 +4,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -122,8 +123,6 @@ def test_lexicographic_order_of_greedy_codes():
 
 
 def test_check_params_rejects_bad_values():
-    import pytest
-
     for kw in [dict(timesteps=0), dict(timesteps=2.5), dict(beta=2.5), dict(beta=0.9), dict(phi=1.0)]:
         with pytest.raises(ValueError):
             neuron.check_params(**kw)
@@ -131,27 +130,44 @@ def test_check_params_rejects_bad_values():
         neuron.check_params(theta=0.0)
 
 
-def test_compiled_kernel_is_exact_at_code_boundaries():
-    """The fused float32 kernel of the fast path equals the greedy neuron, also one ulp either side
-    of every code boundary (where a careless closed form flips a digit)."""
-    import pytest
+def _boundary_inputs(theta, T, phi, g, n=20_000):
+    """Inputs whose V0 sits on code boundaries, one ulp either side of them, and random ones."""
+    edge = torch.randint(0, 2**T, (n,), generator=g).float() * (theta / 2**T) - phi * theta * 2.0 ** (-T)
+    return edge, torch.nextafter(edge, edge + 1), torch.nextafter(edge, edge - 1), torch.randn(n, generator=g) * theta
 
-    if not neuron.compiled_available():
+
+# thresholds a float32 can hold (what calibration produces) and ones it cannot (a user's 1.2345678):
+# the neuron compares a float32 potential with theta rounded to float32, and so must the twin
+BOUNDARY_THETAS = (0.37109375, float(np.float32(1.2345678)), 1.2345678, 0.001234, 3.3, 5.9)
+
+
+@pytest.mark.parametrize("path", ["eager", "compiled"])
+def test_beta2_twin_is_exact_at_code_boundaries(path):
+    """The closed-form fast path (eager, and the fused float32 kernel) equals the greedy neuron,
+    also one ulp either side of every code boundary (where a careless closed form flips a digit)."""
+    if path == "compiled" and not neuron.compiled_available():
         pytest.skip("torch.compile has no C++ compiler here; the eager path is used")
+    f = neuron.quantize_compiled if path == "compiled" else neuron.quantize_fast
     g = torch.Generator().manual_seed(0)
-    for theta in (0.37109375, 1.2345678, 0.001234, 3.3, 5.9):
-        theta = float(np.float32(theta))
+    for theta in BOUNDARY_THETAS:
         for T in (1, 4, 8, 12):
-            k = torch.randint(0, 2**T, (20_000,), generator=g).float()
-            edge = k * (theta / 2**T)
-            for phi in (0.0, 0.5):
-                edge_phi = edge - phi * theta * 2.0 ** (-T)
-                for z in (edge_phi, torch.nextafter(edge_phi, edge_phi + 1), torch.nextafter(edge_phi, edge_phi - 1),
-                          torch.randn(20_000, generator=g) * theta):
+            for phi in (0.0, 0.5, 0.3):
+                for z in _boundary_inputs(theta, T, phi, g):
                     ref = neuron.quantize(z, theta, 2.0, T, phi)
-                    assert torch.equal(neuron.quantize_compiled(z, theta, 2.0, T, phi), ref), (theta, T, phi)
+                    assert torch.equal(f(z, theta, 2.0, T, phi), ref), (theta, T, phi)
                     assert torch.equal(neuron.binary_spike_count(ref, theta, T),
                                        neuron.quantize_digits(z, theta, 2.0, T, phi).sum(0))
+
+
+def test_beta2_twin_is_exact_at_code_boundaries_per_channel_theta():
+    g = torch.Generator().manual_seed(1)
+    for T in (1, 4, 8, 12):
+        for dtype in (torch.float32, torch.float64):
+            theta = (torch.rand(8, 1, generator=g) * 2 + 0.01).to(dtype)
+            edge = (torch.randint(0, 2**T, (8, 5000), generator=g) * theta / 2**T).to(dtype)
+            for z in (edge, torch.nextafter(edge, edge + 1), torch.nextafter(edge, edge - 1), torch.randn(8, 5000).to(dtype)):
+                assert torch.equal(neuron.quantize_fast(z.float(), theta, 2.0, T), neuron.quantize(z.float(), theta, 2.0, T))
+                assert torch.equal(neuron.quantize_fast(z, theta, 2.0, T), neuron.quantize(z, theta, 2.0, T))
 
 
 def test_compiled_network_equals_eager():
@@ -171,8 +187,6 @@ def test_compiled_kernel_across_many_T_and_thresholds():
     """One process, many (T, theta, phi, rank) in shuffled order: a compiled kernel must not keep
     values from an earlier call (torch.compile specialisation / guards)."""
     import random
-
-    import pytest
 
     if not neuron.compiled_available():
         pytest.skip("torch.compile has no C++ compiler here")

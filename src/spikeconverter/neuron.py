@@ -117,9 +117,8 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
     beta = 2: the train is the binary code k of floor(2^T * V0 / theta), clipped to [0, 2^T - 1],
     with V0 = z + phi*theta*2^(-T). The greedy form is exact in floating point (doubling and
     subtracting theta from a value in [theta, 2*theta) are both exact), but the closed form's
-    division rounds, which can push a quotient just below an integer up onto it. One correction
-    step, compared exactly in float64 (k <= 2^T, theta has <= 24 significant bits when it comes
-    from float32), brings k back to the greedy's count.
+    division rounds, which can push a quotient just below an integer up onto it. An exact check in
+    float64 of the few elements where that can have happened brings k back to the greedy's count.
 
     Other beta (beta = 1 included) use the step-by-step form: with beta < 2 the repeated
     subtraction of theta is not exact in floating point, and the twin must round exactly as the
@@ -134,17 +133,33 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
         return quantize(z, theta, beta, timesteps, phi)
     v0 = initial_potential(z, theta, beta, timesteps, phi)
     scale = 2.0**timesteps
-    # one correctly rounded division (scale is a power of two): the rounded quotient is never below
-    # an integer the true quotient reaches, so only the case k -> k + 1 can occur. In-place ops:
-    # this runs on every activation of the fast path, and allocations cost as much as arithmetic.
-    k = torch.div(v0, theta).mul_(scale).floor_().clamp_(0.0, scale - 1)
-    if not exact:
-        return k.mul_(theta / scale)
-    # exact check: k * theta <= V0 * scale must hold (float64: k <= 2^T, theta has <= 24 bits)
-    th64 = theta.double() if torch.is_tensor(theta) else float(theta)
-    # (products, not in-place: .double() of a float64 tensor is the tensor itself)
-    over = (k.double() * th64).gt_(v0.double() * scale)
-    return k.sub_(over.to(k.dtype)).clamp_(min=0.0).mul_(theta / scale)
+    # one correctly rounded division (scale is a power of two, so the product is exact). In-place
+    # ops: this runs on every activation of the fast path, and allocations cost as much as arithmetic.
+    t = torch.div(v0, theta).mul_(scale)
+    k = t.floor()
+    if exact:
+        # A correctly rounded quotient is never below an integer the true quotient reaches, so
+        # floor(t) can only be one too high, and only where t landed exactly on a positive integer
+        # (t == max(k, 1) picks those: where k < 1, t < 1). Those few elements get the exact check
+        # k * theta <= V0 * 2^T in float64 (k <= 2^T, theta has <= 24 bits when V0 is float32);
+        # the rest are left alone. Converting the whole tensor to float64 cost more than the
+        # quantizer's other work together.
+        edge = torch.eq(t, k.clamp_min(1.0))
+        if bool(edge.any()):
+            idx = edge.nonzero(as_tuple=True)
+            th = _theta_as_compared(theta, v0)
+            th = th.double() if th.dim() == 0 else torch.broadcast_to(th, v0.shape)[idx].double()
+            over = (k[idx].double() * th) > (v0[idx].double() * scale)
+            k.index_put_(idx, k[idx] - over.to(k.dtype))
+    return k.clamp_(0.0, scale - 1).mul_(theta / scale)
+
+
+def _theta_as_compared(theta, v: torch.Tensor) -> torch.Tensor:
+    """theta in the precision the neuron's ``v >= theta`` uses: a Python float (or a 0-d tensor)
+    beside a float32 potential is rounded to float32 first; a per-channel tensor may promote."""
+    if not torch.is_tensor(theta):
+        return torch.tensor(theta, dtype=v.dtype)
+    return theta.to(torch.result_type(v, theta))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +209,9 @@ def quantize_compiled(z: torch.Tensor, theta: float, beta: float, timesteps: int
     if kernel is None:
         return quantize_fast(z, theta, beta, timesteps, phi)
     scale = 2.0**timesteps
-    off = phi * theta * 2.0 ** (-timesteps) if phi else 0.0
-    return kernel(z, *_scalars(off, theta, scale, scale - 1, theta / scale))
+    off = phi * theta * 2.0 ** (-timesteps) if phi else 0.0  # as initial_potential forms it
+    th = float(_theta_as_compared(theta, z))  # the neuron compares with theta rounded to float32
+    return kernel(z, *_scalars(off, th, scale, scale - 1, th / scale))
 
 
 def _scalars(*values: float) -> list[torch.Tensor]:
