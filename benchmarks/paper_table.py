@@ -139,6 +139,8 @@ def main():
         update_readme(json.loads((DOCS / "results.json").read_text()))
         return
     models = args.models or [m for m, ds in available().items() if "cifar10" in ds]
+    zoo_order = [m for m, _ in CHECKPOINT_TARGETS]  # the same row order in every regenerated table
+    models.sort(key=lambda m: zoo_order.index(m) if m in zoo_order else len(zoo_order))
     if not models:
         raise SystemExit("no shipped CIFAR-10 checkpoint: train one first (scripts/train_zoo.sh)")
     old = json.loads((DOCS / "results.json").read_text()) if args.reuse else {}
