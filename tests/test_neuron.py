@@ -165,7 +165,8 @@ def test_beta2_twin_is_exact_at_code_boundaries_per_channel_theta():
         for dtype in (torch.float32, torch.float64):
             theta = (torch.rand(8, 1, generator=g) * 2 + 0.01).to(dtype)
             edge = (torch.randint(0, 2**T, (8, 5000), generator=g) * theta / 2**T).to(dtype)
-            for z in (edge, torch.nextafter(edge, edge + 1), torch.nextafter(edge, edge - 1), torch.randn(8, 5000).to(dtype)):
+            noise = torch.randn(8, 5000, generator=g).to(dtype)
+            for z in (edge, torch.nextafter(edge, edge + 1), torch.nextafter(edge, edge - 1), noise):
                 assert torch.equal(neuron.quantize_fast(z.float(), theta, 2.0, T), neuron.quantize(z.float(), theta, 2.0, T))
                 assert torch.equal(neuron.quantize_fast(z, theta, 2.0, T), neuron.quantize(z, theta, 2.0, T))
 
