@@ -12,7 +12,7 @@ def _train(args) -> int:
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       label_smoothing=args.label_smoothing, seed=args.seed, bf16=not args.no_bf16,
-                      data_root=args.data, download=args.download, threads=args.threads)
+                      data_root=args.data, download=args.download, threads=args.threads, image_size=args.image_size)
     meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
                  half_export=args.half, stop_after=args.stop_after, limit=args.limit)
     print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
     t.add_argument("--label-smoothing", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-bf16", action="store_true", help="train in float32")
+    t.add_argument("--no-bf16", action="store_true",
+                   help="train in float32 (on CPUs without native bf16, e.g. the 2-core dev box, float32 is faster)")
+    t.add_argument("--image-size", type=int, default=None,
+                   help="imagenette: train and test at this side (default 224; decoded once at side/0.875)")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     t.add_argument("--download", action="store_true", help="CIFAR: fetch the official release if no copy is found")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = False
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
+    image_size: int | None = None  # photos (imagenette): the side the network is trained at
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -111,10 +111,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_ds = load_dataset(cfg.dataset, "train", cfg.data_root, download=cfg.download)
+    sized = {"image_size": cfg.image_size} if cfg.image_size else {}
+    train_ds = load_dataset(cfg.dataset, "train", cfg.data_root, download=cfg.download, **sized)
     if limit is not None:
         train_ds = train_ds.subset(limit)
-    test_ds = load_dataset(cfg.dataset, "test", cfg.data_root)
+    test_ds = load_dataset(cfg.dataset, "test", cfg.data_root, **sized)
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, dataset=cfg.dataset)
     opt = _optimizer(model, cfg)
@@ -170,6 +171,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                         "test_acc": test_acc, "seconds": round(train_time, 1)})
         meta = {"arch": cfg.model, "dataset": cfg.dataset, "epoch": epoch + 1, "epochs": cfg.epochs,
                 "seed": cfg.seed, "test_acc": test_acc, "data": getattr(test_ds, "source", ""),
+                "image_size": getattr(test_ds, "crop", None) or test_ds.info.image_size,
                 "config": asdict(cfg), "history": history}
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update(_optim_tensors(opt))
@@ -180,7 +182,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         _, meta = load_tensors(out)
     if export is not None and meta["epoch"] == meta["epochs"]:
         model = model.to(memory_format=torch.contiguous_format)
-        exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data")}
+        exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data", "image_size") if k in meta}
         exp_meta["config"] = meta["config"]
         exp_meta["seconds_per_epoch_median"] = sorted(h["seconds"] for h in meta["history"])[len(meta["history"]) // 2]
         if half_export:  # the accuracy we ship is that of the weights we ship: fp16-rounded, measured again

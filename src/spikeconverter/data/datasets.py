@@ -43,7 +43,14 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo("cifar100", 100, 32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "fashion_mnist": DatasetInfo("fashion_mnist", 10, 28, 1, (0.2860,), (0.3530,)),
     "imagenet": DatasetInfo("imagenet", 1000, 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # 10 ImageNet classes (fastai's Imagenette v2 split), real photographs; ImageNet's statistics
+    "imagenette": DatasetInfo("imagenette", 10, 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+# Imagenette is decoded once, resized so that the evaluation centre crop keeps 87.5 % of the side
+# (the usual ImageNet 224/256 ratio), and cached as uint8: per-epoch JPEG decoding would cost more
+# than training on two cores.
+EVAL_CROP_FRACTION = 0.875
 
 LAYOUTS = {
     "cifar10": [
@@ -63,6 +70,10 @@ LAYOUTS = {
     ],
     "imagenet": [
         "<root>[/imagenet]/{train,val}/<wnid>/*.JPEG                 (class folders)",
+    ],
+    "imagenette": [
+        "<root>[/imagenette*]/{train,val}/<wnid>/*.JPEG              (class folders, 10 classes)",
+        "<root>[/imagenette*].tar[.gz] holding [top/]{train,val}/<wnid>/*  (an archive of class folders)",
     ],
 }
 
@@ -178,6 +189,19 @@ def _detect(name: str, cand: Path) -> tuple[str, Path] | None:
             if (sub / "train").is_dir() or (sub / "val").is_dir():
                 return "folders", sub
         return None
+    if name == "imagenette":
+        if _is_archive(cand):
+            return "folder-archive", cand
+        if not cand.is_dir():
+            return None
+        subs = [cand] + sorted(p for p in cand.iterdir() if p.is_dir() and p.name.startswith("imagenette"))
+        for sub in subs:
+            if _class_tree_ok(sub, info.num_classes, ("train", "val")):
+                return "folders", sub
+        archives = sorted(p for p in cand.iterdir() if _is_archive(p) and p.name.startswith("imagenette"))
+        if archives:
+            return "folder-archive", archives[0]
+        return None
     return None
 
 
@@ -199,6 +223,7 @@ class ArrayDataset(Dataset):
         self.info = info
         self.classes = list(classes) if classes is not None else [str(i) for i in range(info.num_classes)]
         self.source = source
+        self.crop: int | None = None  # photos: the side the network sees (centre crop when evaluating)
         c = self.images.shape[-1]
         self.mean = torch.tensor(info.mean, dtype=torch.float32).view(1, c, 1, 1)
         self.std = torch.tensor(info.std, dtype=torch.float32).view(1, c, 1, 1)
@@ -207,7 +232,12 @@ class ArrayDataset(Dataset):
         return len(self.labels)
 
     def normalize(self, images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-        x = images_uint8_nhwc.permute(0, 3, 1, 2).float().div_(255.0)
+        """uint8 NHWC -> normalised float NCHW (the centre ``crop`` x ``crop`` when it is set)."""
+        x = images_uint8_nhwc
+        if self.crop is not None and x.shape[1] != self.crop:
+            top, left = (x.shape[1] - self.crop) // 2, (x.shape[2] - self.crop) // 2
+            x = x[:, top : top + self.crop, left : left + self.crop]
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return (x - self.mean) / self.std
 
     def __getitem__(self, i):
@@ -275,13 +305,19 @@ class FolderDataset(Dataset):
         return (x - self.mean) / self.std, label
 
 
-def load_dataset(name: str, split: str = "test", root=None, download: bool = False):
-    """Load ``name`` (cifar10, cifar100, fashion_mnist, imagenet), ``split`` train or test
-    (``val`` is accepted for imagenet). Returns a Dataset of (normalised CHW tensor, label)."""
+def load_dataset(name: str, split: str = "test", root=None, download: bool = False, image_size: int | None = None):
+    """Load ``name`` (cifar10, cifar100, fashion_mnist, imagenet, imagenette), ``split`` train or
+    test (``val`` is accepted and means the same). Returns a Dataset of (normalised CHW tensor, label).
+
+    ``image_size`` (imagenette): the side of the images the network sees (default 224). The photos
+    are decoded once at image_size / 0.875 and cached; evaluation takes the centre crop, training
+    batches a random-resized crop (``loader(..., train=True)``)."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if split not in ("train", "test", "val"):
         raise DatasetError(f"unknown split {split!r}; use 'train' or 'test'")
+    if image_size is not None and name != "imagenette":
+        raise DatasetError(f"image_size applies to imagenette only ({name} has a fixed size)")
     info = DATASETS[name]
     try:
         kind, path = resolve_root(name, root)
@@ -295,6 +331,15 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
     if name == "imagenet":
         return FolderDataset(path, "val" if split in ("test", "val") else "train", info, train=split == "train")
     split = "test" if split == "val" else split
+    if name == "imagenette":
+        size = int(image_size or info.image_size)
+        if not 32 <= size <= 512:
+            raise DatasetError(f"image_size must be in [32, 512], got {size}")
+        stored = int(round(size / EVAL_CROP_FRACTION))
+        images, labels, classes = _cached_arrays(name, kind, path, split, stored)
+        ds = ArrayDataset(images, labels, info, classes, source=f"{kind}:{path.name}")
+        ds.crop = size
+        return ds
     images, labels, classes = _cached_arrays(name, kind, path, split)
     return ArrayDataset(images, labels, info, classes, source=f"{kind}:{path}")
 
@@ -304,14 +349,15 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
 # ----------------------------------------------------------------------------------------------
 
 
-def _cache_key(name: str, kind: str, path: Path) -> str:
+def _cache_key(name: str, kind: str, path: Path, stored: int | None = None) -> str:
     st = path.stat()
-    raw = f"{name}|{kind}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    raw = f"{name}|{kind}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}" + (f"|{stored}" if stored else "")
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
-def _cached_arrays(name: str, kind: str, path: Path, split: str):
-    key = _cache_key(name, kind, path)
+def _cached_arrays(name: str, kind: str, path: Path, split: str, stored: int | None = None):
+    """uint8 NHWC arrays of ``split``, decoded once and cached. ``stored``: resize to this side."""
+    key = _cache_key(name, kind, path, stored)
     cdir = cache_dir() / "arrays" / f"{name}-{key}"
     img_f, lab_f, cls_f = cdir / f"{split}-images.npy", cdir / f"{split}-labels.npy", cdir / "classes.txt"
     if img_f.exists() and lab_f.exists() and cls_f.exists():
@@ -319,7 +365,7 @@ def _cached_arrays(name: str, kind: str, path: Path, split: str):
             return np.load(img_f, mmap_mode="r"), np.load(lab_f), cls_f.read_text().splitlines()
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
-    splits, classes = _decode(name, kind, path)
+    splits, classes = _decode(name, kind, path, stored)
     try:
         cdir.mkdir(parents=True, exist_ok=True)
         for s, (imgs, labs) in splits.items():
@@ -341,8 +387,10 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _decode(name: str, kind: str, path: Path):
+def _decode(name: str, kind: str, path: Path, stored: int | None = None):
     try:
+        if name == "imagenette":
+            return _decode_imagenette(kind, path, stored)
         if kind == "pickle":
             return _decode_cifar_pickles(name, lambda fn: (path / fn).read_bytes())
         if kind == "pickle-archive":
@@ -417,12 +465,22 @@ def _decode_cifar_pickles(name: str, read):
     return {"train": arr(parts), "test": arr([test])}, classes
 
 
-def _decode_image(raw: bytes, where: str, size: int, channels: int) -> np.ndarray:
+def _decode_image(raw: bytes, where: str, size: int, channels: int, resize: bool = False) -> np.ndarray:
+    """Decode one image; ``resize``: shorter side to ``size``, then the centre square (photos)."""
     from PIL import Image
 
     try:
         img = Image.open(io.BytesIO(raw))
+        if resize:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when it is large enough
         img = img.convert("RGB" if channels == 3 else "L")
+        if resize:
+            w, h = img.size
+            s = size / min(w, h)
+            img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR, reducing_gap=3.0)
+            w, h = img.size
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
     except Exception as e:  # Pillow raises many types for bad data
         raise DatasetError(f"cannot decode image {where}: {e}") from None
     a = np.asarray(img, dtype=np.uint8)
@@ -479,6 +537,45 @@ def _decode_folder_archive(name: str, path: Path):
                 yield parts[-3], parts[-2], f"{path}:{m.name}", tf.extractfile(m).read()
 
     return _collect(name, entries())
+
+
+def _decode_imagenette(kind: str, path: Path, stored: int):
+    """Class folders {train,val}/<wnid>/* (in a folder or an archive, an optional top folder),
+    every photo resized to ``stored`` x ``stored``. Returns ({"train", "test"}: arrays), classes."""
+    info = DATASETS["imagenette"]
+
+    def entries():
+        if kind == "folders":
+            for split in ("train", "val"):
+                for cdir in sorted((path / split).iterdir()):
+                    if cdir.is_dir():
+                        for p in sorted(cdir.iterdir()):
+                            if p.suffix.lower() in IMAGE_SUFFIXES:
+                                yield split, cdir.name, f"{split}/{cdir.name}/{p.name}", p.read_bytes()
+            return
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                parts = Path(m.name).parts
+                if m.isfile() and len(parts) >= 3 and parts[-3] in ("train", "val") and \
+                        Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+                    yield parts[-3], parts[-2], f"{path.name}:{m.name}", tf.extractfile(m).read()
+
+    by_split: dict[str, list] = {"train": [], "val": []}
+    for split, cls, where, raw in entries():
+        by_split[split].append((cls, where, _decode_image(raw, where, stored, 3, resize=True)))
+    classes = sorted({c for items in by_split.values() for c, _, _ in items})
+    if not by_split["train"] or not by_split["val"]:
+        raise DatasetError(f"imagenette: need both train/ and val/ class folders in {path}; " + _layout_help("imagenette"))
+    if len(classes) != info.num_classes:
+        raise DatasetError(f"imagenette: found {len(classes)} class folders in {path}, expected {info.num_classes}; "
+                           + _layout_help("imagenette"))
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, items in by_split.items():
+        items.sort(key=lambda t: (index[t[0]], t[1]))
+        out["test" if split == "val" else split] = (np.stack([a for _, _, a in items]),
+                                                   np.array([index[c] for c, _, _ in items], dtype=np.int64))
+    return out, classes
 
 
 def _idx_file(root: Path, stem: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""Batch iteration with the usual CIFAR augmentation (random crop with padding, horizontal flip).
+"""Batch iteration with the usual augmentation: CIFAR's random crop with padding and horizontal flip;
+for photos (datasets with a ``crop`` size, e.g. Imagenette) the ImageNet random-resized crop and flip.
 
 For in-memory datasets the crop and flip run on whole uint8 batches: one gather per batch instead
 of per-sample Python work, which matters on a 2-core machine."""
@@ -30,6 +31,10 @@ class Batches:
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             imgs = self.ds.images[idx]
+            if self.augment and getattr(self.ds, "crop", None) is not None:
+                x = self._random_resized_crop(imgs, self.ds.crop)
+                yield (x - self.ds.mean) / self.ds.std, self.ds.labels[idx]
+                continue
             if self.augment:
                 imgs = self._augment(imgs)
             yield self.ds.normalize(imgs), self.ds.labels[idx]
@@ -48,6 +53,33 @@ class Batches:
         flip = torch.rand(b, generator=self.generator) < 0.5
         imgs = torch.where(flip[:, None, None, None], imgs.flip(2), imgs)
         return imgs
+
+
+    # area fraction of the crop: torchvision's default starts at 0.08; short CPU schedules do better
+    # with milder crops (fastai's Imagenette baselines use 0.35)
+    RRC_SCALE = (0.35, 1.0)
+    RRC_RATIO = (3 / 4, 4 / 3)
+
+    def _random_resized_crop(self, imgs: torch.Tensor, size: int) -> torch.Tensor:
+        """Random-resized crop + horizontal flip of a whole uint8 NHWC batch in one grid_sample:
+        float NCHW in [0, 1], ``size`` x ``size``."""
+        import math
+
+        b = imgs.shape[0]
+        g = self.generator
+        area = torch.empty(b).uniform_(*self.RRC_SCALE, generator=g)
+        logr = torch.empty(b).uniform_(math.log(self.RRC_RATIO[0]), math.log(self.RRC_RATIO[1]), generator=g)
+        w = torch.sqrt(area * torch.exp(logr)).clamp(max=1.0)  # crop side / image side (normalised coords)
+        h = torch.sqrt(area / torch.exp(logr)).clamp(max=1.0)
+        cx = (torch.rand(b, generator=g) * 2 - 1) * (1 - w)
+        cy = (torch.rand(b, generator=g) * 2 - 1) * (1 - h)
+        flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+        theta[:, 1, 1], theta[:, 1, 2] = h, cy
+        x = imgs.permute(0, 3, 1, 2).float().div_(255.0)
+        grid = torch.nn.functional.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def loader(ds, batch_size=128, train=False, shuffle=None, augment=None, seed=None, num_workers=0):
