@@ -16,7 +16,7 @@ def twin_digits(snn, x):
     qann, values, hooks = snn.quantized_ann(), {}, []
     for node in qann.graph.nodes:
         if node.op == "call_module" and isinstance(qann.get_submodule(node.target), SpikeActivation):
-            name = node.meta.get("layer_name", node.name)
+            name = qann.get_submodule(node.target).layer_name
             hooks.append(qann.get_submodule(node.target).register_forward_hook(
                 lambda mod, inp, out, name=name: values.__setitem__(name, out)))
     assert torch.equal(qann(x), logits)

@@ -22,7 +22,7 @@ from .calibrate import (
     parse_threshold,
 )
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
-from .graph import GraphPlan, SpikeActivation, prepare
+from .graph import GraphPlan, SpikeActivation, analyze, check_pools, prepare
 from .neuron import check_params, quantize_digits
 
 METHODS = ("spikeconverter", "rate")
@@ -58,6 +58,19 @@ class SpikingNetwork(nn.Module):
         self.threshold = threshold
         self.exact_bounds = None  # set by fixed_point mode: inputs are rounded and range-checked
         self._set_mode("quantize" if method == "spikeconverter" else "ann")
+        names = [layer.name for layer in layers]
+        if len(set(names)) != len(names):  # every per-layer output is keyed by these names
+            raise AssertionError(f"layer names repeat: {names}")
+
+    # -- copying and pickling: the plan refers to the graph's nodes, so it is rebuilt, not copied
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("plan", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.plan = analyze(self.gm)
 
     # -- introspection -------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -143,16 +156,15 @@ class SpikingNetwork(nn.Module):
         x = self._prepare_input(x)
         qann = self.quantized_ann()
         trains, hooks = {}, []
-        for node in qann.graph.nodes:
-            if node.op == "call_module" and isinstance(qann.get_submodule(node.target), SpikeActivation):
-                name = node.meta.get("layer_name", node.name)
 
-                def hook(mod, inp, out, name=name):
-                    args = (mod.theta, mod.beta, mod.timesteps, mod.phi)
-                    d = quantize_digits(inp[0], *args)
-                    trains[name] = d - quantize_digits(-inp[0], *args) if mod.signed else d
+        def hook(mod, inp, out):
+            args = (mod.theta, mod.beta, mod.timesteps, mod.phi)
+            d = quantize_digits(inp[0], *args)
+            trains[mod.layer_name] = d - quantize_digits(-inp[0], *args) if mod.signed else d
 
-                hooks.append(qann.get_submodule(node.target).register_forward_hook(hook))
+        for m in qann.modules():
+            if isinstance(m, SpikeActivation):
+                hooks.append(m.register_forward_hook(hook))
         try:
             logits = qann(x)
         finally:
@@ -186,9 +198,11 @@ class SpikingNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_args(timesteps, beta, threshold, method, phi, input_coding):
+def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point=False):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    if fixed_point and method != "spikeconverter":
+        raise ValueError("fixed_point applies to the two-phase method, not the rate baseline")
     check_params(None, 2.0 if beta == "search" else beta, timesteps, phi)
     if beta != "search" and not isinstance(beta, (int, float)):
         raise ValueError(f"beta must be a number in [1, 2] or 'search', got {beta!r}")
@@ -204,7 +218,7 @@ def _check_args(timesteps, beta, threshold, method, phi, input_coding):
 
 
 def _beta_groups(plan: GraphPlan) -> dict:
-    """Union-find: sources that feed one neuron must share beta. Returns node -> group id."""
+    """Union-find: layers whose trains meet in one neuron must share beta. Returns node -> group id."""
     parent: dict = {}
 
     def find(a):
@@ -214,15 +228,85 @@ def _beta_groups(plan: GraphPlan) -> dict:
             a = parent[a]
         return a
 
-    spikers = list(plan.activations) + ([plan.coder] if plan.coder is not None else [])
-    for a in spikers:
+    for a in plan.spikers:
         find(a)
-    for region in plan.regions.values():
-        roots = [plan.root_source(s) for s in region.sources if plan.root_source(s) is not plan.input]
+    for region in list(plan.regions.values()) + list(plan.pools.values()):
+        roots = [r for s in region.sources for r in plan.roots(s)]
         for r in roots[1:]:
             parent[find(r)] = find(roots[0])
     ids: dict = {}
-    return {a: ids.setdefault(find(a), len(ids)) for a in spikers}
+    return {a: ids.setdefault(find(a), len(ids)) for a in plan.spikers}
+
+
+def _observe(plan: GraphPlan, mods: dict, calibration, progress: bool) -> tuple[tuple, dict]:
+    """Run the calibration data through the ANN with an observer on every spiking layer.
+    Returns (input shape, neurons per sample of each layer)."""
+    gm = plan.gm
+    param = next(iter(gm.parameters()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    for m in mods.values():
+        m.observer = Observer(signed=m.signed)
+        m.mode = "observe"
+    input_shape, n_batches = None, 0
+    neurons: dict = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, a=a: neurons.__setitem__(a, out[0].numel()))
+             for a, m in mods.items()]
+    it = iterate_calibration(calibration)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="calibrate", leave=False)
+    try:
+        with torch.no_grad():
+            for x in it:
+                check_batch(x)
+                if input_shape is None:
+                    input_shape = tuple(x.shape[1:])
+                    try:
+                        check_pools(plan, x[:1].to(dtype))  # a graph check that needs shapes: before the work
+                    except (RuntimeError, IndexError) as e:
+                        raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
+                                         f"{str(e).splitlines()[0]}") from None
+                elif tuple(x.shape[1:]) != input_shape:
+                    raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
+                try:
+                    gm(x.to(dtype))
+                except (RuntimeError, IndexError) as e:
+                    raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
+                                     f"{str(e).splitlines()[0]}") from None
+                n_batches += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if n_batches == 0:
+        raise ValueError("calibration data is empty")
+    return input_shape, neurons
+
+
+def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi) -> dict:
+    """Per spiking layer (theta, beta, calibration error): per layer for the rate baseline; per
+    beta group (layers that must share beta) for ours, trying each candidate beta with "search"."""
+    caps = {a: m.cap for a, m in mods.items()}
+    if method == "rate":
+        chosen = {}
+        for a, m in mods.items():
+            theta, err = choose_threshold(m.observer, caps[a], threshold, 1.0, 1, 0.0)
+            chosen[a] = (theta, 1.0, err)
+        return chosen
+    groups = _beta_groups(plan)
+    chosen = {}
+    for gid in set(groups.values()):
+        members = [a for a in plan.spikers if groups[a] == gid]
+        cands = BETA_CANDIDATES if beta == "search" else (float(beta),)
+        best = None
+        for b in cands:
+            res = {a: choose_threshold(mods[a].observer, caps[a], threshold, b, timesteps, phi) for a in members}
+            total = sum(err for _, err in res.values())
+            if best is None or total < best[0]:
+                best = (total, b, res)
+        for a in members:
+            chosen[a] = (best[2][a][0], best[1], best[2][a][1])
+    return chosen
 
 
 def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, threshold: str | None = None,
@@ -244,89 +328,30 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         fixed_point: round weights, thresholds, biases and the input to power-of-two grids (float64)
             so that the simulator and the twin agree bit for bit by construction (fixed_point.py).
     """
-    _check_args(timesteps, beta, threshold, method, phi, input_coding)
+    _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point)
     if threshold is None:
         threshold = "mse" if method == "spikeconverter" else "percentile:99.99"
     plan = prepare(model, input_coding)  # unsupported ops fail here, before any numerical work
     gm = plan.gm
-    spikers = list(plan.activations) + ([plan.coder] if plan.coder is not None else [])
-    mods = {a: gm.get_submodule(a.target) for a in spikers}
-    param = next(iter(gm.parameters()), None)
-    dtype = param.dtype if param is not None else torch.float32
-
-    # observe
-    for m in mods.values():
-        m.observer = Observer(signed=m.signed)
-        m.mode = "observe"
-    input_shape, n_batches = None, 0
-    neurons: dict = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, a=a: neurons.__setitem__(a, out[0].numel()))
-             for a, m in mods.items()]
-    it = iterate_calibration(calibration)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="calibrate", leave=False)
-    try:
-        with torch.no_grad():
-            for x in it:
-                check_batch(x)
-                if input_shape is None:
-                    input_shape = tuple(x.shape[1:])
-                elif tuple(x.shape[1:]) != input_shape:
-                    raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
-                try:
-                    gm(x.to(dtype))
-                except (RuntimeError, IndexError) as e:
-                    raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
-                                     f"{str(e).splitlines()[0]}") from None
-                n_batches += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    if n_batches == 0:
-        raise ValueError("calibration data is empty")
-
-    # choose thresholds (and beta)
+    mods = {a: gm.get_submodule(a.target) for a in plan.spikers}
+    input_shape, neurons = _observe(plan, mods, calibration, progress)
+    chosen = _choose(plan, mods, method, threshold, beta, timesteps, phi)
     groups = _beta_groups(plan)
-    caps = {a: m.cap for a, m in mods.items()}
-    if method == "rate":
-        chosen = {}
-        for a, m in mods.items():
-            theta, err = choose_threshold(m.observer, caps[a], threshold, 1.0, 1, 0.0)
-            chosen[a] = (theta, 1.0, err)
-    else:
-        betas = {}
-        for gid in set(groups.values()):
-            members = [a for a in spikers if groups[a] == gid]
-            cands = BETA_CANDIDATES if beta == "search" else (float(beta),)
-            best = None
-            for b in cands:
-                res = {a: choose_threshold(mods[a].observer, caps[a], threshold, b, timesteps, phi) for a in members}
-                total = sum(err for _, err in res.values())
-                if best is None or total < best[0]:
-                    best = (total, b, res)
-            for a in members:
-                betas[a] = (best[2][a][0], best[1], best[2][a][1])
-        chosen = betas
 
     layers = []
-    for a in spikers:
+    for a in plan.spikers:
         m = mods[a]
         theta, b, err = chosen[a]
         m.theta, m.beta, m.timesteps = theta, b, timesteps
         m.phi = phi if method == "spikeconverter" else 0.0
         m.observer = None
-        layers.append(LayerInfo(a.meta.get("layer_name", a.name), theta, b, m.phi, m.cap, neurons.get(a, 0),
-                                plan.depth[a], err, groups[a]))
+        layers.append(LayerInfo(m.layer_name, theta, b, m.phi, m.cap, neurons.get(a, 0), plan.depth[a], err, groups[a]))
     snn = SpikingNetwork(plan, method, timesteps, layers, input_shape, input_coding, threshold)
     if fixed_point:
-        if method != "spikeconverter":
-            raise ValueError("fixed_point applies to the two-phase method")
         from . import fixed_point as fx_point
 
         snn.double()
         snn.exact_bounds = fx_point.apply(plan, timesteps, input_shape)
-        for info, a in zip(layers, spikers):
+        for info, a in zip(layers, plan.spikers):
             info.theta = gm.get_submodule(a.target).theta
     return snn

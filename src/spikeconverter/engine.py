@@ -19,14 +19,15 @@ no explicit decoding. An analog input enters once, at the first accumulate step.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .graph import GraphPlan, SpikeActivation, node_shapes, run_region
-from .neuron import generate, generate_step
+from . import ops
+from .graph import GraphPlan, Region, SpikeActivation, node_shapes, run_region
+from .neuron import accumulate, generate, generate_step, initial_potential
 
 
 @dataclass
@@ -45,70 +46,80 @@ class SimulationResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Spiking max-pool on MSB-first trains
+# Max-pools on spike trains
 # ---------------------------------------------------------------------------------------------
 
 
-class SpikingMaxPool2d:
-    """Forwards, step by step, the train of the winning input of each pooling window.
+class SpikingMaxPool:
+    """A max-pool on MSB-first trains, step by step: any max-pool op (1-3d, ceil mode, adaptive)
+    after any rearrangement of the trains of one layer (its region, see graph.check_pools).
 
-    Greedy MSB-first codes compare lexicographically like their values, so the winner is known at
-    the first step where the still-tied candidates differ: candidates that stay silent while another
-    tied one spikes drop out. Output spike = any still-tied candidate spikes. The result is exactly
-    the train of q(max z) = max q(z) (q is monotone). Padding never competes."""
+    Each input neuron's code so far is an integer word k_t = 2 k_{t-1} + s(t). Greedy codes of one
+    layer compare lexicographically like their values, so the pooled word K_t = pool(k_t) is the
+    winner's word so far, and its newest digit K_t - 2 K_{t-1} is the output spike: exactly the train
+    of q(max z) = max q(z) (q is monotone). Padding never wins; silent (zero-padded) neurons carry
+    the word 0. Words are float64: exact for T <= 52."""
 
-    def __init__(self, pool: torch.nn.MaxPool2d):
-        self.k, self.s = pool.kernel_size, pool.stride
-        self.p, self.d = pool.padding, pool.dilation
-        self.tied = None
-
-    def _unfold(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        u = F.unfold(x, self.k, dilation=self.d, padding=self.p, stride=self.s)
-        return u.view(b, c, -1, u.shape[-1])
-
-    def out_shape(self, x: torch.Tensor) -> tuple[int, int]:
-        def n(size, k, s, p, d):
-            return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-        def pair(v):
-            return ((v, v) if isinstance(v, int) else tuple(v))
-        k, s, p, d = pair(self.k), pair(self.s if self.s is not None else self.k), pair(self.p), pair(self.d)
-        return n(x.shape[2], k[0], s[0], p[0], d[0]), n(x.shape[3], k[1], s[1], p[1], d[1])
+    def __init__(self, gm, region: Region):
+        self.gm, self.region = gm, region
+        self.words: dict = {}
+        self.pooled = None
 
     def reset(self) -> None:
-        self.tied = None
+        self.words, self.pooled = {}, None
 
-    def step(self, s: torch.Tensor) -> torch.Tensor:
-        u = self._unfold(s) > 0
-        if self.tied is None:
-            self.tied = self._unfold(torch.ones_like(s)) > 0  # every real input competes, padding never
-        live = u & self.tied
-        out = live.any(dim=2)
-        self.tied = self.tied & (u | ~out[:, :, None, :])
-        ho, wo = self.out_shape(s)
-        return out.view(s.shape[0], s.shape[1], ho, wo).to(s.dtype)
+    def step(self, spikes: dict) -> torch.Tensor:
+        """``spikes``: per source of the region, this step's 0/1 spikes. Returns the output spikes."""
+        dtype = None
+        for src, s in spikes.items():
+            k = self.words.get(src)
+            self.words[src] = s.double() if k is None else k * 2 + s.double()
+            dtype = s.dtype
+        pooled = run_region(self.gm, self.region, self.words)
+        out = pooled if self.pooled is None else pooled - 2 * self.pooled
+        self.pooled = pooled
+        return out.to(dtype)
 
 
-class RateMaxPool2d(SpikingMaxPool2d):
-    """Rate baseline: pass the spikes of the input that has fired most so far (Rueckauer et al.)."""
+class RateMaxPool:
+    """Rate baseline (Rueckauer et al.): pass the spikes of the input that has fired most so far.
+    The same region (rearrangement + pool) picks the winner on the counts, with the pool's indices."""
 
-    def __init__(self, pool):
-        super().__init__(pool)
-        self.counts = None
+    def __init__(self, gm, region: Region):
+        self.gm, self.region = gm, region
+        self.counts: dict = {}
+        pool = region.sink
+        self.pool_op = ops.callable_of(gm, pool)
+        if isinstance(self.pool_op, torch.nn.Module):
+            self.pool_op = copy.copy(self.pool_op)
+            self.pool_op.return_indices = True
+            self.kw = {}
+        else:
+            self.kw = {"return_indices": True}
 
     def reset(self) -> None:
-        self.counts = None
+        self.counts = {}
 
-    def step(self, s: torch.Tensor) -> torch.Tensor:
-        self.counts = s.clone() if self.counts is None else self.counts + s
-        c = self._unfold(self.counts + 0.0)
-        mask = self._unfold(torch.ones_like(s)) > 0
-        c = c.masked_fill(~mask, -1.0)
-        win = c.argmax(dim=2, keepdim=True)
-        out = torch.gather(self._unfold(s), 2, win).squeeze(2)
-        ho, wo = self.out_shape(s)
-        return out.reshape(s.shape[0], s.shape[1], ho, wo)
+    def _pool_call(self, values: dict):
+        """The pool's evaluated arguments for these source values (the rearranged input first)."""
+        seen = {}
+
+        def grab(node, args, kwargs):
+            seen["call"] = (args, kwargs)
+            return args, kwargs
+
+        run_region(self.gm, self.region, values, transform=grab)
+        return seen["call"]
+
+    def step(self, spikes: dict) -> torch.Tensor:
+        for src, s in spikes.items():
+            c = self.counts.get(src)
+            self.counts[src] = s.clone() if c is None else c + s
+        (counts_in, *rest), kwargs = self._pool_call(self.counts)
+        (spikes_in, *_), _ = self._pool_call(spikes)
+        _, idx = self.pool_op(counts_in, *rest, **kwargs, **self.kw)
+        out = torch.gather(spikes_in.flatten(2), 2, idx.flatten(2))
+        return out.view(idx.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,21 +131,14 @@ class TwoPhaseSimulator:
     def __init__(self, plan: GraphPlan):
         self.plan, self.gm = plan, plan.gm
         self.coder = plan.coder  # the signed input coder (spike-coded input), or None
-        self.act = {n: self.gm.get_submodule(n.target) for n in plan.activations}
-        if self.coder is not None:
-            self.act[self.coder] = self.gm.get_submodule(self.coder.target)
+        self.act = {n: self.gm.get_submodule(n.target) for n in plan.spikers}
         self.sinks = list(plan.activations) + [plan.output]
         self.acc_beta = {s: self._accumulate_beta(s) for s in self.sinks}
-
-    def theta_of(self, src) -> float:
-        return self.act[self.plan.root_source(src)].theta
-
-    def beta_of(self, src) -> float:
-        return self.act[self.plan.root_source(src)].beta
+        self.train_pools = [p for p in plan.pools if not plan.is_analog(p)]
 
     def _accumulate_beta(self, sink) -> float:
-        spikers = [s for s in self.plan.regions[sink].sources if self.plan.root_source(s) is not self.plan.input]
-        betas = {self.beta_of(s) for s in spikers}
+        roots = {r for s in self.plan.regions[sink].sources for r in self.plan.roots(s)}
+        betas = {self.act[r].beta for r in roots}
         if len(betas) > 1:
             raise ValueError(f"sources of '{sink.name}' use different beta values {sorted(betas)}; they must share one")
         if betas:
@@ -144,6 +148,25 @@ class TwoPhaseSimulator:
     def _bias_map(self, sink, zeros: dict) -> torch.Tensor:
         region = self.plan.regions[sink]
         return run_region(self.gm, region, {s: zeros[s] for s in region.sources}, with_bias=True)
+
+    def _theta_maps(self, zeros: dict) -> dict:
+        """Per train source, the threshold of each neuron: a layer's theta; for a max-pool, its
+        window's layer's theta (0 where a window holds only silent padding)."""
+        theta = {}
+        for n in self.gm.graph.nodes:
+            if n in self.act:
+                theta[n] = self.act[n].theta
+            elif n in self.train_pools:
+                region = self.plan.pools[n]
+                theta[n] = run_region(self.gm, region, {s: zeros[s] + theta[s] for s in region.sources})
+        return theta
+
+    def _analog(self, src, x):
+        """The value of an analog source (the input, a max-pool of it) for input x."""
+        if src is self.plan.input:
+            return x
+        region = self.plan.pools[src]
+        return run_region(self.gm, region, {s: self._analog(s, x) for s in region.sources})
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, record: bool = False, stream: bool = False,
@@ -159,32 +182,25 @@ class TwoPhaseSimulator:
         shapes = self._source_shapes(slots[0])
         zeros = {s: torch.zeros(shapes[s], dtype=dtype) for s in shapes}
         bias = {s: self._bias_map(s, zeros) for s in self.sinks}
+        theta = self._theta_maps(zeros)
 
-        pools = {m: SpikingMaxPool2d(gm.get_submodule(m.target)) for m in plan.maxpools}
+        pools = {p: SpikingMaxPool(gm, plan.pools[p]) for p in self.train_pools}
         v_acc: dict = {}
         v_gen: dict = {}
-        trains: dict = defaultdict(dict)  # source -> window -> [T, B, ...]
+        trains: dict = defaultdict(dict)  # train source -> window -> spikes [T, B, ...]
         counts = {a: torch.zeros(B * N, dtype=dtype) for a in self.act}
         recorded: dict = {}
         per_neuron: dict = {}
         logits: list = [None] * N
-        max_delay = max((plan.delay(s, src) for s in self.sinks for src in plan.regions[s].sources), default=0)
-        gen_nodes = [n for n in gm.graph.nodes if (n in self.act and n is not self.coder) or n in plan.maxpools]
+        consumers = self.sinks + self.train_pools
+        max_delay = max((plan.delay(c, src) for c in consumers
+                         for src in (plan.regions[c] if c in plan.regions else plan.pools[c]).sources), default=0)
+        gen_nodes = [n for n in gm.graph.nodes if (n in self.act and n is not self.coder) or n in pools]
 
         for g in range(N + L):
-            # start of window: fresh accumulators for the inputs that arrive at each sink
-            for s in self.sinks:
-                n = g - plan.accumulate_window[s]
-                if 0 <= n < N:
-                    init = bias[s]
-                    if s in self.act:
-                        a = self.act[s]
-                        init = init + a.phi * a.theta * a.beta ** (-T)
-                    v_acc[s] = (init * self.acc_beta[s] ** (-T)).expand((B,) + init.shape[1:]).clone()
-                else:
-                    v_acc.pop(s, None)
-            for m in pools.values():
-                m.reset()
+            self._open_window(g, N, T, bias, v_acc)
+            for p in pools.values():
+                p.reset()
             if self.coder is not None and g < N:
                 trains[self.coder][g] = self._code_input(slots[g], T)
             step_spikes: dict = defaultdict(list)
@@ -194,51 +210,50 @@ class TwoPhaseSimulator:
                     cur[self.coder] = trains[self.coder][g][t]
                 # (1) generation: layers emit, max-pools forward their winners (topological order)
                 for n in gen_nodes:
+                    if not plan.depth[n] <= g < plan.depth[n] + N:
+                        continue
                     if n in self.act:
-                        if plan.depth[n] <= g < plan.depth[n] + N:
-                            a = self.act[n]
-                            v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
-                            cur[n] = s.to(dtype)
+                        a = self.act[n]
+                        v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
+                        cur[n] = s.to(dtype)
                     else:
-                        parent = plan.maxpools[n]
-                        if parent in cur:
-                            cur[n] = pools[n].step(cur[parent])
+                        ins = {src: self._spikes(n, src, g, t, cur, trains) for src in plan.pools[n].sources}
+                        cur[n] = pools[n].step({src: (zeros[src] if s is None else s) for src, s in ins.items()})
                 for n, s in cur.items():
                     step_spikes[n].append(s)
                 # (2) accumulation: every sink takes this step's (possibly delayed) trains
                 for s in self.sinks:
                     if s not in v_acc:
                         continue
-                    n_in = g - plan.accumulate_window[s]
-                    current = self._current(s, g, t, T, cur, trains, slots[n_in], zeros)
-                    beta = self.acc_beta[s]
-                    v_acc[s] = v_acc[s] * beta if current is None else v_acc[s] * beta + current
+                    x_in = slots[g - plan.accumulate_window[s]]
+                    current = self._current(s, g, t, T, cur, trains, x_in, zeros, theta)
+                    v_acc[s] = accumulate(v_acc[s], 0.0 if current is None else current, self.acc_beta[s])
             # end of window
             for n, seq in step_spikes.items():
                 trains[n][g] = torch.stack(seq)
                 if neuron_counts and not stream:
                     per_neuron[n] = per_neuron.get(n, 0) + trains[n][g].abs().sum(0)
             for a in self.act:
-                if a in trains and g in trains[a]:
+                if g in trains.get(a, {}):
                     n_out = g - plan.depth[a]
-                    c = trains[a][g].abs().flatten(2).sum((0, 2))
-                    counts[a][n_out * B : (n_out + 1) * B] += c
+                    counts[a][n_out * B : (n_out + 1) * B] += trains[a][g].abs().flatten(2).sum((0, 2))
                     if record and not stream:
                         recorded[a] = trains[a][g]
             for s in self.sinks:
                 if s in v_acc:
-                    n = g - plan.accumulate_window[s]
                     if s is plan.output:
-                        logits[n] = v_acc[s]
+                        logits[g - plan.accumulate_window[s]] = v_acc[s]
                     else:
                         v_gen[s] = v_acc[s]
             for src in list(trains):
                 for w in [w for w in trains[src] if w < g - max_delay]:
                     del trains[src][w]
 
-        names = {a: self._name(a) for a in self.act}
+        names = {a: plan.layer_name(a) for a in self.act}
+        # a head that squeezes the batch axis (x.squeeze()) drops it for one-input slots: stack them
+        joined = torch.cat(logits) if logits[0].ndim and (not stream or logits[0].shape[0] == 1) else torch.stack(logits)
         return SimulationResult(
-            logits=torch.cat(logits),
+            logits=joined,
             spike_counts={names[a]: counts[a] for a in self.act},
             spike_trains={names[a]: recorded[a] for a in recorded} if record and not stream else None,
             latency_steps=(L + 1) * T,
@@ -247,37 +262,54 @@ class TwoPhaseSimulator:
             extra={"neuron_counts": per_neuron} if neuron_counts else {},
         )
 
-    def _name(self, node) -> str:
-        return node.meta.get("layer_name", node.name)
+    def _open_window(self, g, N, T, bias, v_acc) -> None:
+        """Start of window g: fresh accumulators (bias and offset as the initial potential, scaled
+        by beta^-T so that T accumulate steps bring them to full size) for the inputs that arrive."""
+        plan = self.plan
+        for s in self.sinks:
+            n = g - plan.accumulate_window[s]
+            if not 0 <= n < N:
+                v_acc.pop(s, None)
+                continue
+            init = bias[s]
+            if s in self.act:
+                a = self.act[s]
+                init = initial_potential(init, a.theta, a.beta, T, a.phi)
+            v_acc[s] = init * self.acc_beta[s] ** (-T)  # a fresh tensor, shaped as one slot's batch
+
+    def _spikes(self, consumer, src, g, t, cur, trains):
+        """Source ``src``'s spikes at step t of window g as ``consumer`` receives them (delayed by
+        whole windows where the source is shallower), or None if it sends nothing then."""
+        w = g - self.plan.delay(consumer, src)
+        if w == g:
+            return cur.get(src)
+        window = trains.get(src, {}).get(w)
+        return None if window is None else window[t]
 
     def _code_input(self, x, T):
         a = self.act[self.coder]
-        off = a.phi * a.theta * a.beta ** (-T)
-        pos, _ = generate(x + off, a.theta, a.beta, T)
-        neg, _ = generate(-x + off, a.theta, a.beta, T)
+        pos, _ = generate(initial_potential(x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
+        neg, _ = generate(initial_potential(-x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
         return pos - neg
 
-    def _current(self, sink, g, t, T, cur, trains, x_in, zeros):
+    def _current(self, sink, g, t, T, cur, trains, x_in, zeros, theta):
         plan = self.plan
         region = plan.regions[sink]
         beta = self.acc_beta[sink]
         values, active = {}, False
         for src in region.sources:
-            root = plan.root_source(src)
-            if root is plan.input:
+            if plan.is_analog(src):  # sent once, at the first accumulate step
                 if t == 0:
-                    v = x_in if src is root else self.gm.get_submodule(src.target)(x_in)
-                    values[src] = v * beta ** (-(T - 1))
+                    values[src] = self._analog(src, x_in) * beta ** (-(T - 1))
                     active = True
                 else:
                     values[src] = zeros[src]
                 continue
-            w = g - plan.delay(sink, src)
-            s = cur.get(src) if w == g else trains[src][w][t]
+            s = self._spikes(sink, src, g, t, cur, trains)
             if s is None:
                 values[src] = zeros[src]
                 continue
-            values[src] = s * (self.theta_of(src) * beta ** (-T))
+            values[src] = s * (theta[src] * beta ** (-T))
             active = True
         if not active:
             return None
@@ -287,8 +319,7 @@ class TwoPhaseSimulator:
         """Shapes (for one slot's batch) of every source."""
         plan = self.plan
         shapes = node_shapes(self.gm, x1)
-        return {n: shapes[n] for n in shapes if n is plan.input or n is plan.coder or n in plan.maxpools
-                or n in plan.activations}
+        return {n: shapes[n] for n in shapes if n is plan.input or n in plan.pools or n in self.act}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,10 +332,9 @@ class RateSimulator:
     step, reset by subtraction, threshold lambda_l = the layer's max (or percentile) activation,
     logits = mean output potential. Max-pools pass the spikes of the most active input."""
 
-    def __init__(self, plan: GraphPlan, v_init: float = 0.0):
+    def __init__(self, plan: GraphPlan):
         self.plan, self.gm = plan, plan.gm
         self.act: dict = {n: self.gm.get_submodule(n.target) for n in plan.activations}
-        self.v_init = v_init  # initial potential as a fraction of the threshold
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, timesteps: int, record: bool = False,
@@ -320,42 +350,48 @@ class RateSimulator:
         v: dict = {}
         counts = {a: torch.zeros(B, dtype=x.dtype) for a in self.act}
         trains: dict = defaultdict(list)
-        pools = {m: RateMaxPool2d(gm.get_submodule(m.target)) for m in plan.maxpools}
+        pools = {p: RateMaxPool(gm, plan.pools[p]) for p in plan.pools if not plan.is_analog(p)}
+        theta: dict = {}
         out_sum = None
         for step in range(timesteps):
             vals = {plan.input: x}
+            spikes = {}
             for n in plan.gm.graph.nodes:
                 if n in self.act:
                     a: SpikeActivation = self.act[n]
                     region = plan.regions[n]
                     current = run_region(gm, region, {s: vals[s] for s in region.sources}, with_bias=True)
                     if n not in v:
-                        v[n] = torch.full_like(current, self.v_init * a.theta)
+                        v[n] = torch.zeros_like(current)
                     v[n] = v[n] + current
                     s = (v[n] >= a.theta).to(x.dtype)
                     v[n] = v[n] - a.theta * s
                     counts[n] += s.flatten(1).sum(1)
                     if neuron_counts:
                         per_neuron[n] = per_neuron.get(n, 0) + s
+                    spikes[n], theta[n] = s, a.theta
                     vals[n] = s * a.theta
                     if record:
                         trains[n].append(s)
-                elif n in plan.maxpools:
-                    parent = plan.maxpools[n]
-                    if parent is plan.input:
-                        vals[n] = gm.get_submodule(n.target)(vals[parent])
-                    else:
-                        theta = self.act[plan.root_source(parent)].theta
-                        out = pools[n].step(vals[parent] / theta)
-                        if neuron_counts:
-                            per_neuron[n] = per_neuron.get(n, 0) + out
-                        vals[n] = out * theta
+                elif n in plan.pools:
+                    region = plan.pools[n]
+                    if plan.is_analog(n):
+                        vals[n] = run_region(gm, region, {s: vals[s] for s in region.sources})
+                        continue
+                    if n not in theta:
+                        theta[n] = run_region(gm, region, {s: torch.zeros_like(spikes[s]) + theta[s]
+                                                           for s in region.sources})
+                    out = pools[n].step({s: spikes[s] for s in region.sources})
+                    if neuron_counts:
+                        per_neuron[n] = per_neuron.get(n, 0) + out
+                    spikes[n] = out
+                    vals[n] = out * theta[n]
             region = plan.regions[plan.output]
             o = run_region(gm, region, {s: vals[s] for s in region.sources}, with_bias=True)
             out_sum = o if out_sum is None else out_sum + o
             if step + 1 in checkpoints and on_checkpoint is not None:
                 on_checkpoint(step + 1, out_sum / (step + 1), per_neuron)
-        names = {a: a.meta.get("layer_name", a.name) for a in self.act}
+        names = {a: plan.layer_name(a) for a in self.act}
         return SimulationResult(
             logits=out_sum / timesteps,
             spike_counts={names[a]: c for a, c in counts.items()},

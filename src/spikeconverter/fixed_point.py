@@ -12,8 +12,9 @@ function a little, identically for both engines):
 - biases: to the grid 2^-E,
 - the analog input: to the grid 2^-INPUT_BITS.
 
-Requires beta = 2 or 1 (dyadic code weights), average pools over power-of-two areas and no two
-weighted ops in a row without a spiking layer between. A bound on every partial sum (weight row
+Requires beta = 2 or 1 (dyadic code weights), averages over power-of-two windows, scalings by powers
+of two, nearest (not bilinear) interpolation and no two weighted ops in a row without a spiking
+layer between (ops.fixed_point_problem says per op). A bound on every partial sum (weight row
 sums x thresholds + biases + max|input|) is checked against float64's exact range before each run.
 """
 
@@ -22,10 +23,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.fx as fx
 from torch import nn
 
-from .graph import GraphPlan, node_shapes
+from . import ops
+from .graph import GraphPlan, ancestors, node_values
 
 WEIGHT_BITS = 12
 THETA_BITS = 12
@@ -42,81 +44,56 @@ def round_significant(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     return torch.round(t * 2.0**f) / 2.0**f, f
 
 
-def _power_of_two(x: float) -> bool:
-    return x > 0 and float(x).is_integer() and (int(x) & (int(x) - 1)) == 0
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+def _problems(gm, region, env) -> None:
+    """Refuse what the dyadic grid cannot hold exactly (ops.fixed_point_problem: averages over
+    non-powers of two, scales, non-nearest interpolation). ``env``: every node's value (one pass)."""
+    for n in region.nodes:
+        if n.meta.get("shape_value"):
+            continue
+        args = fx.node.map_arg(n.args, lambda a: env[a])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+        why = ops.fixed_point_problem(gm, n, args, kwargs)
+        if why:
+            raise ValueError(f"fixed_point: {ops.describe(gm, n)}: {why}")
 
 
-AVERAGING_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.mean}
-AVERAGING_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-
-
-def _check_average(gm, n, shapes) -> None:
-    """An average must divide by a power of two, the same one everywhere (no border corrections)."""
-    mod = gm.get_submodule(n.target) if n.op == "call_module" else None
-    averaging = (isinstance(mod, AVERAGING_MODULES) or (n.op == "call_function" and n.target in AVERAGING_FUNCTIONS)
-                 or (n.op == "call_method" and n.target == "mean"))
-    if not averaging:
-        return
-    if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
-        k = mod.kernel_size
-        k = k if isinstance(k, tuple) else (k,) * (2 if isinstance(mod, nn.AvgPool2d) else 1)
-        area = math.prod(k)
-        uniform = mod.count_include_pad and getattr(mod, "divisor_override", None) is None
-    else:
-        src, out = shapes[n.all_input_nodes[0]], shapes[n]
-        area = math.prod(src[1:]) / math.prod(out[1:])
-        uniform = all(s % o == 0 for s, o in zip(src[2:], out[2:])) if len(out) == len(src) else True
-    if not (uniform and _power_of_two(area) and area <= 4096):
-        raise ValueError(f"fixed_point needs averages over power-of-two areas; '{n.name}' averages {area:g}")
-
-
-def _check_region(gm: nn.Module, region, shapes) -> list:
+def _check_region(gm: nn.Module, region, env) -> list:
     """Weighted ops of a region; refuses what cannot be exact under different summation orders."""
+    _problems(gm, region, env)
     weighted = []
     for n in region.nodes:
-        _check_average(gm, n, shapes)
         if n.op != "call_module":
             continue
         mod = gm.get_submodule(n.target)
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"fixed_point needs batch norm folded into a conv/linear; '{n.target}' stands alone")
         if isinstance(mod, WEIGHTED):
             weighted.append(n)
     inside = set(region.nodes)
     for w in weighted:
-        stack, seen = list(w.all_input_nodes), set()
-        while stack:
-            n = stack.pop()
-            if n in seen or n not in inside:
-                continue
-            seen.add(n)
-            if n in weighted:
-                raise ValueError(
-                    f"fixed_point: '{w.target}' takes the output of '{n.target}' with no spiking layer between "
-                    "(e.g. MobileNet-v2's linear bottleneck); such chains cannot be made order-independent")
-            stack.extend(n.all_input_nodes)
+        _, hit = ancestors(w.all_input_nodes, set(weighted), within=inside)
+        if hit:
+            n = next(iter(hit))
+            raise ValueError(
+                f"fixed_point: '{w.target}' takes the output of '{n.target}' with no spiking layer between "
+                "(e.g. MobileNet-v2's linear bottleneck); such chains cannot be made order-independent")
     return weighted
 
 
 def _sources_of(node, region) -> set:
-    out, stack, seen, inside = set(), [node], set(), set(region.nodes)
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n in region.sources:
-            out.add(n)
-        elif n in inside:
-            stack.extend(n.all_input_nodes)
-    return out
+    _, reached = ancestors(node, set(region.sources), within=set(region.nodes), signals_only=True)
+    return reached
 
 
 def _row_abs_sum_max(mod: nn.Module) -> float:
+    """Largest sum of |weights| into one output neuron (a bound for a transposed conv: per output
+    channel, all its weights)."""
     w = mod.weight.detach().double().abs()
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        w = w.transpose(0, 1)
     return float(w.flatten(1).sum(1).max())
 
 
@@ -125,8 +102,8 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
     every partial sum of its potential is a multiple of 2^-E and at most c + k * max|x| in size
     (x the analog input), which ``check_bounds`` compares with the exact range of float64."""
     gm = plan.gm
-    shapes = node_shapes(gm, torch.zeros((1,) + tuple(input_shape), dtype=torch.float64))
-    spikers = list(plan.activations) + ([plan.coder] if plan.coder is not None else [])
+    env = node_values(gm, torch.zeros((1,) + tuple(input_shape), dtype=torch.float64))
+    spikers = plan.spikers
     grid = {}  # source -> fractional bits of the values it sends
     for a in spikers:
         m = gm.get_submodule(a.target)
@@ -136,15 +113,18 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
         m.theta = float(t)
         grid[a] = f + timesteps + 1  # code step theta 2^-T, and the offset phi theta 2^-T (phi = 1/2)
     grid[plan.input] = INPUT_BITS
-    for p in plan.maxpools:
-        grid[p] = grid[plan.root_source(p)]
+    for p in gm.graph.nodes:
+        if p in plan.pools:
+            grid[p] = max(grid[s] for s in plan.pools[p].sources)
+
     def value_bound(src) -> tuple[float, float]:  # (constant, coefficient of max|x|)
-        root = plan.root_source(src)
-        return (0.0, 1.0) if root is plan.input else (gm.get_submodule(root.target).theta, 0.0)
+        if plan.is_analog(src):
+            return (0.0, 1.0)
+        return (max(gm.get_submodule(r.target).theta for r in plan.roots(src)), 0.0)
 
     bounds = []
     for sink, region in plan.regions.items():
-        weighted = _check_region(gm, region, shapes)
+        weighted = _check_region(gm, region, env)
         e = max(grid[s] for s in region.sources)  # identity paths (shortcuts, concat)
         c, k = 0.0, 0.0
         direct = _sources_of(region.value, region) - {s for w in weighted for s in _sources_of(w.args[0], region)}

@@ -3,20 +3,26 @@
 Steps (each a function, in this order, all before any numerical work):
 
 1. ``trace``: torch.fx symbolic tracing; data-dependent control flow fails here with a clear error.
-2. ``validate``: every node must be an op we can convert; anything else raises
-   ``UnsupportedOperationError`` naming the node, its op and what is supported.
-3. ``normalize``: every ReLU/ReLU6 form (module, functional, method, in-place) becomes one
-   ``SpikeActivation`` module, functional max-pools become modules, dropout/identity disappear,
-   in-place adds become adds.
-4. ``fold_batchnorm``: conv/linear followed by BatchNorm become one conv/linear with bias.
-5. ``analyze``: find the *sources* (the input, each spiking activation, max-pools of sources) and,
+2. ``functionalize``: in-place ops keep eager semantics: a later read of a tensor an op wrote into
+   reads the written value; where a *view* of that memory is read later, the model is refused.
+3. ``validate``: every node must be an op the table in ops.py knows and accepts; anything else
+   raises ``UnsupportedOperationError`` naming the node, its op and the reason.
+4. ``normalize``: every ReLU form becomes one ``SpikeActivation`` module (unique layer names, also
+   for a module called several times), identities disappear, a max-pool on pre-activations that
+   feed a ReLU moves after the ReLU (ReLU is monotone: the two commute, bit for bit).
+5. ``fold_batchnorm``: conv/linear followed by BatchNorm become one conv/linear with bias.
+6. ``analyze``: find the *sources* (the input, each spiking activation, max-pools of sources) and,
    for each *sink* (each spiking activation and the output), the linear *region* that computes the
    sink's input current from its sources. Spiking depth and pipeline delays follow from it.
 
-Why regions: between two spiking layers the ANN may do any linear thing -- a conv, a residual sum
-of a conv and a shortcut, a concat, average pooling, MobileNet-v2's linear bottleneck feeding a sum
-that feeds the next block. In the SNN all of that is one synaptic current: a linear function of the
-source spike trains. A region is that function, and both the fast path and the simulator use it.
+Why regions: between two spiking layers the ANN may do any linear thing -- convs, residual sums and
+differences, concats, slices, pads, permutes, interpolation, average pooling, scaling, BN anywhere,
+MobileNet-v2's linear bottleneck feeding a sum. In the SNN all of that is one synaptic current: a
+linear function of the source spike trains. A region is that function, and both engines use it.
+
+Why max-pools are sources: a max over the trains of one layer is again a train (greedy MSB-first
+codes compare like their values), so a max-pool -- after any rearrangement of trains -- is computed
+on the trains themselves, step by step, and feeds later regions like a layer does.
 """
 
 from __future__ import annotations
@@ -27,26 +33,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
+from . import ops
 from .neuron import quantize_compiled, quantize_fast
 
 
 class UnsupportedOperationError(ValueError):
     """The model holds an operation that has no exact spiking form."""
-
-
-SUPPORTED = (
-    "Conv1d/Conv2d (any groups), Linear, BatchNorm1d/2d, ReLU/ReLU6/Hardtanh(0,6) (modules, F.relu, "
-    "torch.relu, F.relu6, F.hardtanh(0,6), x.relu(), in-place forms), AvgPool1d/2d, AdaptiveAvgPool1d/2d, "
-    "MaxPool2d directly on spike trains, Flatten/flatten/view/reshape, squeeze/unsqueeze, mean, Dropout, Identity, "
-    "+/torch.add/+=, torch.cat, size/shape"
-)
-
-# ---------------------------------------------------------------------------------------------
-# The activation that becomes a spiking layer
-# ---------------------------------------------------------------------------------------------
 
 
 class SpikeActivation(nn.Module):
@@ -67,6 +61,7 @@ class SpikeActivation(nn.Module):
         self.phi: float = 0.0
         self.observer = None
         self.compiled = False  # use the fused kernel (float32, beta = 2) for q
+        self.layer_name = ""  # unique: the activation module's path (":k" for its k-th call) or the node's name
 
     def extra_repr(self) -> str:
         s = f"mode={self.mode}, cap={self.cap}"
@@ -99,143 +94,160 @@ class SpikeActivation(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class _InplaceProxy(fx.Proxy):
+    """fx's Proxy has no ``__iadd__``, so ``z += 1`` is traced as ``z = z + 1`` and a second name for
+    the same tensor (``y = z`` before it) silently keeps the old value. Recording the in-place
+    operator lets ``functionalize`` apply eager semantics."""
+
+    def __iadd__(self, other):
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+    def __isub__(self, other):
+        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
+
+    def __imul__(self, other):
+        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
+
+    def __itruediv__(self, other):
+        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
+
+
+class _Tracer(fx.Tracer):
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InplaceProxy(node, self)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     model = copy.deepcopy(model).eval()
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:  # fx raises TraceError, TypeError, ... for control flow on tensors
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UnsupportedOperationError(
             f"the model cannot be traced by torch.fx ({type(e).__name__}: {msg}); data-dependent control flow "
-            f"(if/for on tensor values) has no static spiking graph. Supported: {SUPPORTED}"
+            f"(if/for on tensor values) has no static spiking graph. Supported: {ops.supported_summary()}"
         ) from None
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. validate
-# ---------------------------------------------------------------------------------------------
-
-ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-LINEAR_MODULES = (
-    nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-)
-ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.relu_, F.relu_, F.hardtanh_}
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-LINEAR_FUNCTIONS = {torch.cat, torch.concat, torch.flatten, F.avg_pool2d, F.avg_pool1d, F.adaptive_avg_pool2d,
-                    F.adaptive_avg_pool1d, F.dropout, torch.mean, torch.squeeze, torch.unsqueeze}
-SHAPE_FUNCTIONS = {getattr, operator.getitem}
-SHAPE_ARITH = {operator.mul, operator.floordiv, operator.sub, operator.add, operator.truediv}
-ACT_METHODS = {"relu", "relu_"}
-LINEAR_METHODS = {"view", "reshape", "flatten", "contiguous", "clone", "mean", "squeeze", "unsqueeze", "add", "add_"}
-SHAPE_METHODS = {"size", "dim"}
-MAXPOOL_FUNCTIONS = {F.max_pool2d}
-
-
-def _target_name(gm: fx.GraphModule, node: fx.Node) -> str:
-    if node.op == "call_module":
-        return f"{type(gm.get_submodule(node.target)).__name__} '{node.target}'"
-    if node.op == "call_function":
-        return getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", str(node.target))
-    return str(node.target)
-
-
 def _unsupported(gm, node, reason: str) -> UnsupportedOperationError:
-    return UnsupportedOperationError(
-        f"node '{node.name}' ({node.op} {_target_name(gm, node)}) is not supported: {reason}. Supported: {SUPPORTED}"
-    )
+    return UnsupportedOperationError(f"{ops.describe(gm, node)} is not supported: {reason}")
 
 
-def _hardtanh_ok(lo, hi) -> bool:
-    return float(lo) == 0.0 and float(hi) == 6.0
+def mark_shapes(gm: fx.GraphModule) -> None:
+    """node.meta["shape_value"]: the node computes sizes (x.size(), x.shape[2] // 2), not signals."""
+    for node in gm.graph.nodes:
+        shape = False
+        if node.op == "call_method" and node.target in ("size", "dim"):
+            shape = True
+        elif node.op == "call_function" and node.target is getattr:
+            shape = True
+        elif node.op == "call_function" and node.target in ops.SHAPE_ARITH:
+            ins = node.all_input_nodes
+            shape = bool(ins) and all(n.meta.get("shape_value", False) for n in ins)
+        node.meta["shape_value"] = shape
 
 
-def _is_shape_value(node, shape_nodes: set) -> bool:
-    return not isinstance(node, fx.Node) or node in shape_nodes
+# ---------------------------------------------------------------------------------------------
+# 2. functionalize: eager semantics of in-place ops
+# ---------------------------------------------------------------------------------------------
+
+_INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                      operator.itruediv: operator.truediv}
+
+
+def _out_of_place(gm, node) -> None:
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        mod.inplace = False
+        return
+    if node.op == "call_method":
+        node.target = node.target[:-1] if node.target.endswith("_") else node.target
+        return
+    t = node.target
+    if t in _INPLACE_FUNCTIONS:
+        node.target = _INPLACE_FUNCTIONS[t]
+    elif "inplace" in node.kwargs:
+        node.kwargs = {**node.kwargs, "inplace": False}
+    else:
+        name = getattr(t, "__name__", "")[:-1]
+        for space in (torch.nn.functional, torch):
+            if hasattr(space, name):
+                node.target = getattr(space, name)
+                break
+
+
+def functionalize(gm: fx.GraphModule) -> fx.GraphModule:
+    """Make every in-place op out-of-place without changing what the model computes.
+
+    In eager PyTorch ``a = F.relu(y, inplace=True)`` also changes ``y``: every later read of ``y``
+    sees ReLU(y). So later reads of the written tensor are redirected to the op's result. If the
+    written memory is shared with a view (``v = y.view(...)`` read after the write, or ``y`` itself a
+    view of a tensor read later), that cannot be expressed by redirecting, and the model is refused."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+
+    def base(n):
+        while isinstance(n, fx.Node) and ops.is_view(gm, n) and n.args and isinstance(n.args[0], fx.Node):
+            n = n.args[0]
+        return n
+
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_module", "call_function", "call_method") or not ops.is_inplace(gm, node):
+            continue
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        written = node.args[0]
+        root = base(written)
+        for other in gm.graph.nodes:
+            if order[other] >= order[node] or other is written or base(other) is not root:
+                continue
+            late = [u for u in other.users if order[u] > order[node]]
+            if late:
+                raise _unsupported(gm, node, (
+                    f"it writes into '{written.name}' in place while '{other.name}' (the same memory) is read "
+                    f"afterwards by '{late[0].name}'; eager PyTorch would read the written values there, which this "
+                    "graph cannot express: use the out-of-place form (inplace=False, x = x + y)"))
+        for u in list(written.users):
+            if u is not node and order[u] > order[node]:
+                u.replace_input_with(written, node)
+        _out_of_place(gm, node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. validate
+# ---------------------------------------------------------------------------------------------
 
 
 def validate(gm: fx.GraphModule) -> None:
     """Raise UnsupportedOperationError for the first node with no exact spiking form."""
-    shape_nodes: set[fx.Node] = set()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedOperationError(f"the model must take exactly one tensor input, it takes {len(placeholders)}")
     for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output"):
+        if node.op in ("placeholder", "output") or node.meta.get("shape_value"):
             continue
         if node.op == "get_attr":
-            raise _unsupported(gm, node, "constant tensors inside forward() are not supported")
-        if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            if isinstance(mod, nn.Hardtanh) and not isinstance(mod, nn.ReLU6):
-                if not _hardtanh_ok(mod.min_val, mod.max_val):
-                    raise _unsupported(gm, node, f"Hardtanh({mod.min_val}, {mod.max_val}) is not ReLU6")
-                continue
-            if isinstance(mod, ACT_MODULES + LINEAR_MODULES):
-                continue
-            if isinstance(mod, nn.MaxPool2d):
-                if mod.ceil_mode or mod.return_indices:
-                    raise _unsupported(gm, node, "MaxPool2d with ceil_mode or return_indices")
-                continue
-            raise _unsupported(gm, node, f"{type(mod).__name__} has no exact spiking form")
-        if node.op == "call_function":
-            t = node.target
-            if t in SHAPE_FUNCTIONS:
-                if t is getattr or (isinstance(node.args[0], fx.Node) and node.args[0] in shape_nodes):
-                    shape_nodes.add(node)
-                continue
-            if t in SHAPE_ARITH and all(_is_shape_value(a, shape_nodes) for a in node.args):
-                shape_nodes.add(node)
-                continue
-            if t in (F.hardtanh, F.hardtanh_):
-                lo = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
-                hi = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
-                if not _hardtanh_ok(lo, hi):
-                    raise _unsupported(gm, node, f"hardtanh({lo}, {hi}) is not ReLU6")
-                continue
-            if t in ADD_FUNCTIONS:
-                tensors = [a for a in node.args[:2] if isinstance(a, fx.Node)]
-                if not tensors:
-                    raise _unsupported(gm, node, "add of constants")
-                continue
-            if t in ACT_FUNCTIONS or t in LINEAR_FUNCTIONS:
-                continue
-            if t in MAXPOOL_FUNCTIONS:
-                if node.kwargs.get("ceil_mode") or node.kwargs.get("return_indices"):
-                    raise _unsupported(gm, node, "max_pool2d with ceil_mode or return_indices")
-                continue
-            what = "an element-wise product of signals" if t in (operator.mul, torch.mul) else "not a linear op or ReLU"
-            raise _unsupported(gm, node, what)
-        if node.op == "call_method":
-            if node.target in SHAPE_METHODS:
-                shape_nodes.add(node)
-                continue
-            if node.target in ACT_METHODS or node.target in LINEAR_METHODS:
-                continue
-            raise _unsupported(gm, node, f"tensor method .{node.target}() is not a linear op or ReLU")
+            raise _unsupported(gm, node, "constant tensors inside forward() are not supported (register them as "
+                                         "weights of a conv/linear, or fold them into one)")
+        kind = ops.kind_of(gm, node)
+        if kind is None:
+            raise _unsupported(gm, node, "not a linear op, a rearrangement or a ReLU, so it has no exact spiking "
+                                         f"form. Supported: {ops.supported_summary()}")
+        if kind.role == ops.REFUSED:
+            raise _unsupported(gm, node, kind.reason)
+        if kind.check is not None:
+            reason = kind.check(gm, node)
+            if reason:
+                raise _unsupported(gm, node, reason)
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. normalize
+# 4. normalize
 # ---------------------------------------------------------------------------------------------
-
-
-def _activation_cap(gm, node) -> tuple[bool, float | None]:
-    """(is it a spiking activation, its clip: None for ReLU, 6 for ReLU6)."""
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, nn.ReLU):
-            return True, None
-        if isinstance(mod, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
-            return True, 6.0
-    if node.op == "call_function":
-        if node.target in (F.relu, torch.relu, torch.relu_, F.relu_):
-            return True, None
-        if node.target in (F.relu6, F.hardtanh, F.hardtanh_):
-            return True, 6.0
-    if node.op == "call_method" and node.target in ACT_METHODS:
-        return True, None
-    return False, None
 
 
 def _add_module(gm: fx.GraphModule, prefix: str, mod: nn.Module) -> str:
@@ -247,52 +259,77 @@ def _add_module(gm: fx.GraphModule, prefix: str, mod: nn.Module) -> str:
     return name
 
 
+def _layer_names(gm, acts: list) -> dict:
+    """Unique, stable names: the activation module's path, with ':k' for the k-th call of a module
+    called several times (torchvision's blocks call self.relu two or three times); the node's name
+    for functional forms."""
+    calls: dict = {}
+    for n in acts:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    seen: dict = {}
+    names = {}
+    for n in acts:
+        if n.op == "call_module":
+            seen[n.target] = seen.get(n.target, 0) + 1
+            names[n] = n.target if calls[n.target] == 1 else f"{n.target}:{seen[n.target]}"
+        else:
+            names[n] = n.name
+    used: set = set()
+    for n, name in names.items():  # a functional node could be named like a module path
+        while name in used:
+            name += "'"
+        used.add(name)
+        names[n] = name
+    return names
+
+
 def normalize(gm: fx.GraphModule) -> fx.GraphModule:
     graph = gm.graph
+    acts = [n for n in graph.nodes if ops.role_of(gm, n) == ops.ACTIVATION and not n.meta.get("shape_value")]
+    names = _layer_names(gm, acts)
+    for node in acts:
+        cap, _ = ops.activation_cap(gm, node)
+        act = SpikeActivation(cap)
+        act.layer_name = names[node]
+        name = _add_module(gm, "spike_act_", act)
+        with graph.inserting_before(node):
+            new = graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
     for node in list(graph.nodes):
-        is_act, cap = _activation_cap(gm, node)
-        if is_act:
-            name = _add_module(gm, "spike_act_", SpikeActivation(cap))
-            with graph.inserting_before(node):
-                new = graph.call_module(name, (node.args[0],))
-            # the name users know the layer by: the activation module's path, or the functional's node
-            new.meta["layer_name"] = node.target if node.op == "call_module" else node.name
-            new.meta["orig_name"] = new.meta["layer_name"]
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
-            continue
-        if node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS:
-            a = list(node.args) + [None] * 5
-            kw = node.kwargs
-            mod = nn.MaxPool2d(kw.get("kernel_size", a[1]), kw.get("stride", a[2]), kw.get("padding", a[3] or 0),
-                               kw.get("dilation", a[4] or 1))
-            name = _add_module(gm, "spike_maxpool_", mod)
-            with graph.inserting_before(node):
-                new = graph.call_module(name, (node.args[0],))
-            new.meta["orig_name"] = f"{node.name}' (F.max_pool2d"
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
-            continue
-        drop = (node.op == "call_module" and isinstance(gm.get_submodule(node.target),
-                                                       (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)))
-        drop |= node.op == "call_function" and node.target is F.dropout
-        drop |= node.op == "call_method" and node.target in ("contiguous", "clone")
-        if drop:
+        if ops.role_of(gm, node) == ops.IDENTITY:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-            continue
-        # in-place adds would write into the spike-train buffers the simulator feeds in
-        if node.op == "call_function" and node.target is operator.iadd:
-            node.target = operator.add
-        if node.op == "call_method" and node.target == "add_":
-            node.target = "add"
+    _maxpool_after_relu(gm)
     graph.lint()
     gm.recompile()
     return gm
 
 
+def _maxpool_after_relu(gm: fx.GraphModule) -> None:
+    """relu(maxpool(z)) -> maxpool(relu(z)): equal bit for bit (a max picks one element and ReLU is
+    monotone; padding never wins a window that holds a real element), and the max-pool then acts on
+    spike trains, where it is exact."""
+    graph = gm.graph
+    for act in list(graph.nodes):
+        if not is_activation(gm, act):
+            continue
+        pool = act.args[0]
+        if not (isinstance(pool, fx.Node) and ops.role_of(gm, pool) == ops.MAXPOOL and len(pool.users) == 1):
+            continue
+        z = pool.args[0]
+        if is_activation(gm, z):
+            continue
+        with graph.inserting_before(pool):
+            new_act = graph.call_module(act.target, (z,))
+        pool.replace_input_with(z, new_act)  # shape reads of z (kernel sizes) stay on z
+        act.replace_all_uses_with(pool)
+        graph.erase_node(act)
+
+
 # ---------------------------------------------------------------------------------------------
-# 4. fold batch norm
+# 5. fold batch norm
 # ---------------------------------------------------------------------------------------------
 
 
@@ -311,13 +348,13 @@ def _fold(lin: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
 
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
             continue
         prev = node.args[0]
         if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
             continue  # a BN on its own stays: it is an affine op and regions handle it
         lin = gm.get_submodule(prev.target)
-        if not isinstance(lin, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        if not isinstance(lin, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             continue
         bn = gm.get_submodule(node.target)
         if bn.running_mean is None:
@@ -333,16 +370,16 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. analyze: sources, regions, depths
+# 6. analyze: sources, regions, depths
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Region:
-    """The linear function from a sink's sources to its input current."""
+    """The function from a sink's sources to its input current (for a max-pool: to its output)."""
 
-    sink: fx.Node  # a SpikeActivation node, or the graph's output node
-    value: fx.Node  # the node whose value is the sink's input (the activation's argument / the output)
+    sink: fx.Node  # a SpikeActivation node, the graph's output node, or a max-pool
+    value: fx.Node  # the node whose value is the sink's input (for a max-pool: the pool itself)
     nodes: list[fx.Node]  # in topological order
     sources: list[fx.Node]
 
@@ -352,7 +389,7 @@ class GraphPlan:
     gm: fx.GraphModule
     input: fx.Node
     activations: list[fx.Node]  # spiking layers, topological order
-    maxpools: dict[fx.Node, fx.Node]  # spiking max-pool -> the source it pools
+    pools: dict[fx.Node, Region]  # max-pools acting on sources (trains, or the analog input)
     regions: dict[fx.Node, Region]  # per activation, and the output node
     output: fx.Node
     coder: fx.Node | None = None  # signed input coder (spike-coded input): a source at depth 0
@@ -364,32 +401,84 @@ class GraphPlan:
         """L: the spiking layers on the longest path (the output accumulates in window L)."""
         return self.accumulate_window[self.output]
 
-    def delay(self, sink: fx.Node, source: fx.Node) -> int:
-        """Whole windows by which ``source``'s trains wait before ``sink`` accumulates them."""
-        return self.accumulate_window[sink] - self.depth[source]
+    @property
+    def spikers(self) -> list[fx.Node]:
+        """Every node whose neurons spike on their own: the layers and the input coder."""
+        return list(self.activations) + ([self.coder] if self.coder is not None else [])
 
-    def root_source(self, n: fx.Node) -> fx.Node:
-        while n in self.maxpools:
-            n = self.maxpools[n]
-        return n
+    def delay(self, consumer: fx.Node, source: fx.Node) -> int:
+        """Whole windows by which ``source``'s trains wait before ``consumer`` takes them (a sink
+        accumulates in its accumulate window, a max-pool forwards in its own depth's window)."""
+        at = self.depth[consumer] if consumer in self.pools else self.accumulate_window[consumer]
+        return at - self.depth[source]
+
+    def roots(self, n: fx.Node) -> list[fx.Node]:
+        """The spiking layers whose trains reach ``n`` without crossing another layer (itself for a
+        layer; through max-pools; nothing for the analog input)."""
+        if n is self.input:
+            return []
+        if n in self.pools:
+            out = []
+            for s in self.pools[n].sources:
+                out += [r for r in self.roots(s) if r not in out]
+            return out
+        return [n]
+
+    def is_analog(self, n: fx.Node) -> bool:
+        """The input, or a max-pool of the input: values sent once, not trains."""
+        return n is self.input or (n in self.pools and all(self.is_analog(s) for s in self.pools[n].sources))
+
+    def layer_name(self, n: fx.Node) -> str:
+        return self.gm.get_submodule(n.target).layer_name
 
 
 def is_activation(gm, node) -> bool:
     return node.op == "call_module" and isinstance(gm.get_submodule(node.target), SpikeActivation)
 
 
-def is_maxpool(gm, node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.MaxPool2d)
+def ancestors(start, stop, within=None, signals_only: bool = False) -> tuple[list, set]:
+    """Walk back from ``start`` (a node or nodes): returns (the nodes seen, not in ``stop``; the
+    ``stop`` nodes reached). ``within``: only nodes in this set are entered. ``signals_only``: do
+    not follow shape computations (``x.size(0)`` reads no signal of x)."""
+    seen, reached = [], set()
+    seen_set: set = set()
+    stack = list(start) if isinstance(start, (list, tuple, set)) else [start]
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or n in seen_set:
+            continue
+        if n in stop:
+            reached.add(n)
+            continue
+        if within is not None and n not in within:
+            continue
+        if signals_only and n.meta.get("shape_value"):
+            continue
+        seen_set.add(n)
+        seen.append(n)
+        stack.extend(n.all_input_nodes)
+    return seen, reached
 
 
 def analyze(gm: fx.GraphModule) -> GraphPlan:
     nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
     inp = next(n for n in nodes if n.op == "placeholder")
     out = next(n for n in nodes if n.op == "output")
     if not isinstance(out.args[0], fx.Node):
         raise UnsupportedOperationError("the model must return a single tensor")
     sources: set[fx.Node] = {inp}
-    acts, maxpools, coder = [], {}, None
+    acts, pools, coder = [], {}, None
+
+    def region_for(sink, starts, value) -> Region:
+        seen, srcs = ancestors(starts, sources)
+        if not srcs:
+            raise UnsupportedOperationError(f"'{sink.name}' does not depend on the input")
+        inside = sorted(seen, key=order.get)
+        if sink is value and sink not in inside:
+            inside.append(sink)
+        return Region(sink, value, inside, sorted(srcs, key=order.get))
+
     for n in nodes:
         if is_activation(gm, n) and gm.get_submodule(n.target).signed:
             if n.args[0] is not inp:
@@ -399,49 +488,23 @@ def analyze(gm: fx.GraphModule) -> GraphPlan:
         elif is_activation(gm, n):
             acts.append(n)
             sources.add(n)
-        elif is_maxpool(gm, n):
-            src = n.args[0]
-            if src is coder:
-                raise UnsupportedOperationError(
-                    f"node '{n.name}' max-pools the signed input code; use analog input for this model")
-            if src not in sources:
-                who = n.meta.get("orig_name", f"{n.name}' (MaxPool2d '{n.target}'")
-                what = getattr(src, "meta", {}).get("orig_name", getattr(src, "name", src))
-                raise UnsupportedOperationError(
-                    f"node '{who}) pools '{what}', which is not a spike "
-                    "train (the input, a ReLU/ReLU6 output or another such max-pool): a max over a sum of trains has "
-                    "no exact spiking form. Put the max-pool right after the activation (they commute)."
-                )
-            maxpools[n] = src
+        elif ops.role_of(gm, n) == ops.MAXPOOL:
+            region = region_for(n, n.all_input_nodes, n)
+            _check_pool_region(gm, n, region, inp, coder)
+            pools[n] = region
             sources.add(n)
     if not acts:
         raise UnsupportedOperationError("the model has no ReLU/ReLU6 activation: there is nothing to make spike")
-    order = {n: i for i, n in enumerate(nodes)}
 
-    def region_for(sink: fx.Node, value: fx.Node) -> Region:
-        seen, srcs, stack = set(), set(), [value]
-        while stack:
-            n = stack.pop()
-            if not isinstance(n, fx.Node) or n in seen:
-                continue
-            if n in sources:
-                srcs.add(n)
-                continue
-            seen.add(n)
-            stack.extend(a for a in n.all_input_nodes)
-        if not srcs:
-            raise UnsupportedOperationError(f"'{sink.name}' does not depend on the input")
-        return Region(sink, value, sorted(seen, key=order.get), sorted(srcs, key=order.get))
-
-    regions = {a: region_for(a, a.args[0]) for a in acts}
-    regions[out] = region_for(out, out.args[0])
-    plan = GraphPlan(gm, inp, acts, maxpools, regions, out, coder)
+    regions = {a: region_for(a, [a.args[0]], a.args[0]) for a in acts}
+    regions[out] = region_for(out, [out.args[0]], out.args[0])
+    plan = GraphPlan(gm, inp, acts, pools, regions, out, coder)
     plan.depth[inp] = 0
     if coder is not None:
         plan.depth[coder] = 0  # the image is its spike train: it is sent in window 0
     for n in nodes:  # topological: sources' depths are known before their consumers
-        if n in maxpools:
-            plan.depth[n] = plan.depth[maxpools[n]]
+        if n in pools:
+            plan.depth[n] = max(plan.depth[s] for s in pools[n].sources)
         elif n in regions:
             w = max(plan.depth[s] for s in regions[n].sources)
             plan.accumulate_window[n] = w
@@ -450,21 +513,79 @@ def analyze(gm: fx.GraphModule) -> GraphPlan:
     return plan
 
 
+def _check_pool_region(gm, pool, region, inp, coder) -> None:
+    """A max-pool is exact on trains only through rearrangements (each neuron's train copied or
+    moved, zeros where padding adds silent neurons) -- not through sums or scalings."""
+    if coder is not None and coder in region.sources:
+        raise UnsupportedOperationError(f"{ops.describe(gm, pool)} max-pools the signed input code; use analog input "
+                                        "for this model")
+    analog = [s for s in region.sources if s is inp]
+    if analog and len(analog) != len(region.sources):
+        raise UnsupportedOperationError(f"{ops.describe(gm, pool)} takes a max over the analog input and spike trains "
+                                        "together, which has no exact spiking form")
+    if analog:
+        return  # a max-pool of the input is computed once, on the analog values
+    for n in region.nodes:
+        if n is pool or n.meta.get("shape_value"):
+            continue
+        if ops.role_of(gm, n) not in (ops.REARRANGE,):
+            raise UnsupportedOperationError(
+                f"{ops.describe(gm, pool)} is not supported: it max-pools the output of {ops.describe(gm, n)}, "
+                "a weighted or summed combination of spike trains; a max over sums has no exact spiking form. A "
+                "max-pool directly after ReLU (or after concat, slicing, zero padding, permutes or nearest "
+                "upsampling of ReLU outputs) is exact; a max-pool followed directly by ReLU is moved after it.")
+
+
+def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
+    """Every max-pool window must hold trains of one layer (or silent padding): codes of layers with
+    different thresholds do not compare like their values. Checked once on one input's shapes."""
+    if not plan.pools:
+        return
+    shapes = node_shapes(plan.gm, x1)
+    ids = {}
+    for i, s in enumerate(plan.spikers):
+        if s in shapes:
+            ids[s] = torch.full(shapes[s], float(i + 1), dtype=torch.float64)
+    for pool, region in plan.pools.items():
+        if plan.is_analog(pool):
+            continue
+        vals = {s: ids[s] for s in region.sources}
+        hi = run_region(plan.gm, region, vals)
+        # silent padding is 0; for the minimum over real neurons it must never win, so mark it +inf
+        lo = -run_region(plan.gm, region, vals, transform=_neg_silent_inf)
+        mixed = (hi != lo) & (hi != 0)
+        if bool(mixed.any()):
+            raise UnsupportedOperationError(
+                f"{ops.describe(plan.gm, pool)} has windows that mix the spike trains of different layers (e.g. a "
+                "concat along a spatial axis): their codes have different thresholds and do not compare like their "
+                "values. Pool each layer's output before concatenating.")
+        ids[pool] = hi
+
+
+def _neg_silent_inf(node, args, kwargs):
+    """For check_pools' minimum: the pool's input with silent zeros as +inf, negated."""
+    x = args[0]
+    return (-torch.where(x == 0, torch.full_like(x, float("inf")), x),) + tuple(args[1:]), kwargs
+
+
 def insert_input_coder(gm: fx.GraphModule) -> fx.Node:
     """Spike-coded input: a signed SpikeActivation right after the input (q(x+) - q(x-))."""
     inp = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    name = _add_module(gm, "spike_input_", SpikeActivation(signed=True))
+    coder_mod = SpikeActivation(signed=True)
+    coder_mod.layer_name = "input"
+    name = _add_module(gm, "spike_input_", coder_mod)
     with gm.graph.inserting_after(inp):
         coder = gm.graph.call_module(name, (inp,))
-    coder.meta["layer_name"] = "input"
     inp.replace_all_uses_with(coder, delete_user_cb=lambda u: u is not coder)
     gm.recompile()
     return coder
 
 
 def prepare(model: nn.Module, input_coding: str = "analog") -> GraphPlan:
-    """trace -> validate -> normalize -> fold_batchnorm -> (input coder) -> analyze."""
+    """trace -> functionalize -> validate -> normalize -> fold_batchnorm -> (input coder) -> analyze."""
     gm = trace(model)
+    mark_shapes(gm)
+    functionalize(gm)
     validate(gm)
     gm = fold_batchnorm(normalize(gm))
     if input_coding == "spike":
@@ -472,18 +593,16 @@ def prepare(model: nn.Module, input_coding: str = "analog") -> GraphPlan:
     return analyze(gm)
 
 
-def node_shapes(gm: fx.GraphModule, x1: torch.Tensor) -> dict:
-    """The output shape of every tensor-valued node for input ``x1``, from one ANN-mode pass."""
-    shapes = {}
+def node_values(gm: fx.GraphModule, x1: torch.Tensor) -> dict:
+    """Every node's value for input ``x1``, from one ANN-mode pass."""
+    env = {}
     acts = [m for m in gm.modules() if isinstance(m, SpikeActivation)]
     modes = [m.mode for m in acts]
 
     class Rec(fx.Interpreter):
         def run_node(self, n):
-            out = super().run_node(n)
-            if torch.is_tensor(out):
-                shapes[n] = tuple(out.shape)
-            return out
+            env[n] = super().run_node(n)
+            return env[n]
 
     for m in acts:
         m.mode = "ann"
@@ -493,36 +612,24 @@ def node_shapes(gm: fx.GraphModule, x1: torch.Tensor) -> dict:
     finally:
         for m, mode in zip(acts, modes):
             m.mode = mode
-    return shapes
+    return env
+
+
+def node_shapes(gm: fx.GraphModule, x1: torch.Tensor) -> dict:
+    """The output shape of every tensor-valued node for input ``x1``."""
+    return {n: tuple(v.shape) for n, v in node_values(gm, x1).items() if torch.is_tensor(v)}
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluating a region (used by both simulators)
+# Evaluating a region (used by both simulators, the cost model and fixed point)
 # ---------------------------------------------------------------------------------------------
 
-_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
-
-def _no_bias_call(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(mod, nn.Linear):
-        return F.linear(x, mod.weight)
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-        return mod._conv_forward(x, mod.weight, None)
-    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        scale = torch.rsqrt(mod.running_var + mod.eps)
-        if mod.affine:
-            scale = scale * mod.weight
-        return x * scale.reshape([-1] + [1] * (x.ndim - 2))
-    return mod(x)
-
-
-def _is_number(a) -> bool:
-    return isinstance(a, (int, float)) and not isinstance(a, bool)
-
-
-def run_region(gm: fx.GraphModule, region: Region, values: dict, with_bias: bool = True) -> torch.Tensor:
+def run_region(gm: fx.GraphModule, region: Region, values: dict, with_bias: bool = True, transform=None):
     """Evaluate the region with the given source values. ``with_bias=False`` drops every constant
-    term (conv/linear biases, BN shifts, added numbers), giving the purely linear part."""
+    term (conv/linear biases, BN shifts, added numbers, constant padding), giving the linear part
+    (ops.linear_part says how, per op). ``transform(node, args, kwargs) -> (args, kwargs)``, if
+    given, rewrites the evaluated arguments of the region's max-pool (check_pools, the rate pool)."""
     env = dict(values)
 
     def load(a):
@@ -530,20 +637,12 @@ def run_region(gm: fx.GraphModule, region: Region, values: dict, with_bias: bool
 
     for node in region.nodes:
         args, kwargs = load(node.args), load(node.kwargs)
-        if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            env[node] = mod(*args, **kwargs) if with_bias else _no_bias_call(mod, *args)
-        elif node.op == "call_function":
-            t = node.target
-            if not with_bias and t in ADD_FUNCTIONS and torch.is_tensor(args[0]) != torch.is_tensor(args[1]):
-                env[node] = args[0] if torch.is_tensor(args[0]) else args[1]
-            else:
-                env[node] = t(*args, **kwargs)
-        elif node.op == "call_method":
-            if not with_bias and node.target == "add" and _is_number(args[1]):
-                env[node] = args[0]
-            else:
-                env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
-        else:
+        if node.op not in ("call_module", "call_function", "call_method"):
             raise UnsupportedOperationError(f"unexpected node '{node.name}' ({node.op}) inside a linear region")
+        if node is region.sink and transform is not None:
+            args, kwargs = transform(node, args, kwargs)
+        if with_bias or node.meta.get("shape_value"):
+            env[node] = ops.callable_of(gm, node)(*args, **kwargs)
+        else:
+            env[node] = ops.linear_part(gm, node, args, kwargs)
     return env[region.value]

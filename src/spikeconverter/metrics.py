@@ -22,31 +22,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
-from torch import nn
 
-from .graph import GraphPlan, Region, node_shapes
-from .neuron import binary_spike_count, quantize_digits
+from . import ops
+from .graph import GraphPlan, Region, ancestors, node_shapes, run_region
+from .neuron import binary_word, popcount, quantize_digits
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 ENERGY_CONVENTION = "45 nm CMOS (Horowitz 2014): 4.6 pJ/MAC, 0.9 pJ/AC (SOP)"
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
-
-
-def _macs(mod: nn.Module, out_shape) -> int:
-    """MACs per sample of one weighted op."""
-    numel = 1
-    for d in out_shape[1:]:
-        numel *= int(d)
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-        k = 1
-        for d in mod.kernel_size:
-            k *= d
-        return numel * (mod.in_channels // mod.groups) * k
-    if isinstance(mod, nn.Linear):
-        return numel * mod.in_features
-    return numel  # batch norm on its own: one multiply per element
 
 
 @dataclass
@@ -74,107 +57,46 @@ class CostModel:
         dtype = next(self.gm.parameters()).dtype
         return node_shapes(self.gm, torch.zeros((1,) + self.input_shape, dtype=dtype))
 
-    def _is_spiking_source(self, src) -> bool:
-        root = self.plan.root_source(src)
-        return root is not self.plan.input
+    def _weighted(self, n) -> bool:
+        k = ops.kind_of(self.gm, n)
+        return k is not None and k.weighted
 
     def _region_ops(self, sink, region: Region) -> list[OpCost]:
-        in_region = set(region.nodes)
-        weighted = [n for n in region.nodes if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), WEIGHTED)]
+        weighted = [n for n in region.nodes if self._weighted(n)]
         out = []
         for w in weighted:
             # which sources reach w's input without crossing another weighted op
-            reach, stack, analog = set(), [w.args[0]], False
-            seen = set()
-            while stack:
-                n = stack.pop()
-                if not isinstance(n, fx.Node) or n in seen:
-                    continue
-                seen.add(n)
-                if n in region.sources:
-                    if self._is_spiking_source(n):
-                        reach.add(n)
-                    else:
-                        analog = True
-                    continue
-                if n not in in_region:
-                    continue
-                if n in weighted:
-                    analog = True  # fed by another weighted op's (analog) output
-                    continue
-                stack.extend(n.all_input_nodes)
-            cost = OpCost(w, sink, _macs(self.gm.get_submodule(w.target), self.shapes[w]), spike_fed=bool(reach) and not analog)
-            if reach and not analog:
+            stop = set(region.sources) | (set(weighted) - {w})
+            _, reached = ancestors(w.args[0], stop, within=set(region.nodes), signals_only=True)
+            reach = {n for n in reached if n in region.sources and not self.plan.is_analog(n)}
+            analog = any(n not in reach for n in reached)  # the analog input, or another weighted op's output
+            mod = self.gm.get_submodule(w.target)
+            cost = OpCost(w, sink, ops.macs(mod, self.shapes[w.args[0]], self.shapes[w]),
+                          spike_fed=bool(reach) and not analog)
+            if cost.spike_fed:
                 cost.fanout = {s: self._fanout(region, w, s) for s in reach}
             out.append(cost)
         return out
 
     def _fanout(self, region: Region, w: fx.Node, src: fx.Node) -> torch.Tensor:
         """Synapses reached in op ``w`` by each neuron of ``src``: the transpose of (w with all
-        weights 1) after (the unweighted path with average pools as sums), applied to ones."""
+        weights 1) after (the unweighted path with every coefficient 1), applied to ones."""
         s = torch.zeros(self.shapes[src], dtype=torch.float64, requires_grad=True)
         env = {src: s}
         for other in region.sources:
             if other is not src:
                 env[other] = torch.zeros(self.shapes[other], dtype=torch.float64)
-        needed = _ancestors(w.args[0], set(region.nodes))
+        needed, _ = ancestors(w.args[0], set(region.sources), within=set(region.nodes))
+        needed = set(needed)
         for n in region.nodes:
             if n not in needed:
                 continue
             args = fx.node.map_arg(n.args, lambda a: env[a])
             kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
-            env[n] = _structural(self.gm, n, args, kwargs)
-        x = env[w.args[0]]
-        y = _ones_op(self.gm.get_submodule(w.target), x)
+            env[n] = ops.structural(self.gm, n, args, kwargs)
+        y = ops.ones_weighted(self.gm.get_submodule(w.target), env[w.args[0]])
         y.sum().backward()
         return s.grad.detach().float()
-
-
-def _ancestors(node, allowed: set) -> set:
-    out, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, fx.Node) and n in allowed and n not in out:
-            out.add(n)
-            stack.extend(n.all_input_nodes)
-    return out
-
-
-def _structural(gm, n, args, kwargs):
-    """Evaluate an unweighted op with average pooling replaced by summing (a connection is one)."""
-    if n.op == "call_module":
-        mod = gm.get_submodule(n.target)
-        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
-            k = mod.kernel_size if isinstance(mod.kernel_size, tuple) else (mod.kernel_size,) * (args[0].ndim - 2)
-            area = 1
-            for d in k:
-                area *= d
-            return mod(*args) * area
-        if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-            y = mod(*args)
-            return y * (args[0][0, 0].numel() / y[0, 0].numel())
-        return mod(*args, **kwargs)
-    if n.op == "call_function":
-        if n.target in (F.avg_pool2d, F.adaptive_avg_pool2d, F.avg_pool1d, F.adaptive_avg_pool1d):
-            y = n.target(*args, **kwargs)
-            return y * (args[0][0, 0].numel() / y[0, 0].numel())
-        if n.target is torch.mean:
-            y = n.target(*args, **kwargs)
-            return y * (args[0].numel() / y.numel())
-        return n.target(*args, **kwargs)
-    if n.target == "mean":
-        x = args[0]
-        y = x.mean(*args[1:], **kwargs)
-        return y * (x.numel() / y.numel())
-    return getattr(args[0], n.target)(*args[1:], **kwargs)
-
-
-def _ones_op(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-        return mod._conv_forward(x, torch.ones_like(mod.weight, dtype=x.dtype), None)
-    if isinstance(mod, nn.Linear):
-        return F.linear(x, torch.ones_like(mod.weight, dtype=x.dtype))
-    return x  # batch norm: one synapse per neuron
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,47 +132,44 @@ class Report:
 
 def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     """Per-neuron spike counts of every source (layers, max-pools, input coder) for inputs x,
-    read off the exact twin: the popcount of each neuron's code (identical to the simulator's
-    counts; tested). With ``return_logits``, also the twin's logits (same pass): (counts, logits)."""
+    read off the exact twin: each neuron's code as an integer word (MSB first), its popcount the
+    spikes. A max-pool's output word is the max of its window's words -- the same function the
+    simulator's max-pool computes step by step (tested). With ``return_logits``, also the twin's
+    logits (same pass): (counts, logits)."""
     plan, gm = snn.plan, snn.gm
     values, zs, hooks = {}, {}, []
-    spikers = list(plan.activations) + ([plan.coder] if plan.coder is not None else [])
-    for node in spikers:
+    for node in plan.spikers:
         def grab(mod, inp, out, node=node):
             values[node] = out
             if mod.beta != 2.0 or mod.signed:
                 zs[node] = inp[0]
         hooks.append(gm.get_submodule(node.target).register_forward_hook(grab))
-    for node in plan.maxpools:
-        hooks.append(gm.get_submodule(node.target).register_forward_hook(
-            lambda mod, inp, out, node=node: values.__setitem__(node, out)))
     try:
         with torch.no_grad():
             logits = gm(x)
     finally:
         for h in hooks:
             h.remove()
-    counts = {}
-    for node, v in values.items():
-        root = plan.root_source(node)
-        if root is plan.input:
-            continue
-        m = gm.get_submodule(root.target)
+    counts, words = {}, {}
+    for node in plan.spikers:
+        m = gm.get_submodule(node.target)
         if m.beta == 2.0 and not m.signed:
-            counts[node] = binary_spike_count(v, m.theta, m.timesteps)
+            words[node] = binary_word(values[node], m.theta, m.timesteps)
+            counts[node] = popcount(words[node], m.timesteps).to(values[node].dtype)
             continue
-        # other beta: a max-pool forwards the train of q(max z) (q is monotone), so pool z
-        chain = [node]
-        while chain[-1] in plan.maxpools:
-            chain.append(plan.maxpools[chain[-1]])
-        z = zs[root]
-        with torch.no_grad():
-            for pool in reversed(chain[:-1]):
-                z = gm.get_submodule(pool.target)(z)
-        d = quantize_digits(z, m.theta, m.beta, m.timesteps, m.phi).sum(0)
+        d = quantize_digits(zs[node], m.theta, m.beta, m.timesteps, m.phi)
+        place = 2.0 ** torch.arange(m.timesteps - 1, -1, -1, dtype=torch.float64)
+        words[node] = torch.tensordot(place, d.double(), dims=([0], [0]))
         if m.signed:
-            d = d + quantize_digits(-z, m.theta, m.beta, m.timesteps, m.phi).sum(0)
-        counts[node] = d
+            d = d + quantize_digits(-zs[node], m.theta, m.beta, m.timesteps, m.phi)
+        counts[node] = d.sum(0)
+    T = snn.timesteps
+    with torch.no_grad():
+        for pool in gm.graph.nodes:
+            if pool in plan.pools and not plan.is_analog(pool):
+                region = plan.pools[pool]
+                words[pool] = run_region(gm, region, {s: words[s] for s in region.sources})
+                counts[pool] = popcount(words[pool], T).to(logits.dtype)
     return (counts, logits) if return_logits else counts
 
 
@@ -275,9 +194,7 @@ def report(snn, x: torch.Tensor, neuron_counts: dict | None = None, cost: CostMo
                 sops += float((neuron_counts[src].double() * fan.double()).sum()) / B
         else:
             snn_macs += op.macs * steps
-    names = {a: a.meta.get("layer_name", a.name) for a in snn.plan.activations}
-    if snn.plan.coder is not None:
-        names[snn.plan.coder] = "input"
+    names = {a: snn.plan.layer_name(a) for a in snn.plan.spikers}
     per_layer = {names[a]: float(neuron_counts[a].sum()) / B for a in names if a in neuron_counts}
     spikes = sum(per_layer.values())
     e_snn = (snn_macs * E_MAC_PJ + sops * E_AC_PJ) * 1e-6

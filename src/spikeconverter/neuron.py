@@ -30,6 +30,8 @@ __all__ = [
     "quantize",
     "quantize_digits",
     "quantize_fast",
+    "binary_word",
+    "popcount",
 ]
 
 
@@ -220,18 +222,23 @@ def _scalars(*values: float) -> list[torch.Tensor]:
     return [torch.tensor(v, dtype=torch.float64) for v in values]
 
 
-_POPCOUNT: dict = {}
+def binary_word(value: torch.Tensor, theta, timesteps: int) -> torch.Tensor:
+    """The integer k (as float64) of beta = 2 trains from their values: value = k theta 2^-T.
+    The twin's value is k theta 2^-T rounded once, so rounding recovers k exactly."""
+    k = torch.round(value.double() * (2.0**timesteps / torch.as_tensor(theta, dtype=torch.float64)))
+    return k.clamp_(0, 2.0**timesteps - 1)
+
+
+def popcount(words: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """Spikes of trains given as integer words (bit t-1 from the top = spike at step t): O(T) work,
+    no table (a 2^T table needed gigabytes beyond T = 27)."""
+    k = words.to(torch.int64)
+    c = torch.zeros_like(k)
+    for b in range(timesteps):
+        c += (k >> b) & 1
+    return c
 
 
 def binary_spike_count(value: torch.Tensor, theta: float, timesteps: int) -> torch.Tensor:
-    """Spikes of beta = 2 trains from their values: the popcount of k = value 2^T / theta.
-
-    The twin's value is k theta 2^-T rounded once, so rounding recovers k exactly."""
-    if timesteps not in _POPCOUNT:
-        n = torch.arange(2**timesteps)
-        c = torch.zeros_like(n)
-        for b in range(timesteps):
-            c += (n >> b) & 1
-        _POPCOUNT[timesteps] = c.to(torch.int32)
-    k = torch.round(value.double() * (2.0**timesteps / theta)).long().clamp_(0, 2**timesteps - 1)
-    return _POPCOUNT[timesteps][k].to(value.dtype)
+    """Spikes of beta = 2 trains from their values: the popcount of k = value 2^T / theta."""
+    return popcount(binary_word(value, theta, timesteps), timesteps).to(value.dtype)
