@@ -296,3 +296,45 @@ def test_load_dataset_download_flag(tmp_path, http_server, monkeypatch):
         load_dataset("cifar10", "train", root=tmp_path / "empty")
     ds = load_dataset("cifar10", "train", root=tmp_path / "empty", download=True)
     assert len(ds) == 15 and (tmp_path / "empty" / "cifar-10-python.tar.gz").exists()
+
+
+def _imagenette_tree(root, per_class=2, classes=10):
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"n0{c:07d}"
+            d.mkdir(parents=True)
+            for i, img in enumerate(images(per_class, size=60, seed=c)):
+                Image.fromarray(img[:, :50]).save(d / f"ILSVRC_{i}.JPEG")  # 50x60: not square, resized
+    return root
+
+
+@pytest.mark.parametrize("layout", ["folders", "archive"])
+def test_imagenette_layouts(tmp_path, monkeypatch, layout):
+    monkeypatch.setenv("SPIKECONVERTER_CACHE", str(tmp_path / "cache"))
+    tree = _imagenette_tree(tmp_path / "src" / "imagenette-224")
+    root = tree.parent
+    if layout == "archive":
+        import tarfile
+
+        root = tmp_path / "arch"
+        root.mkdir()
+        with tarfile.open(root / "imagenette-224.tar.gz", "w:gz") as tf:
+            tf.add(tree, arcname="imagenette-224")
+    val = load_dataset("imagenette", "val", root=root, image_size=32)
+    assert len(val) == 20 and val.images.shape[1:] == (37, 37, 3)  # stored at 32 / 0.875
+    x, y = val[3]
+    assert x.shape == (3, 32, 32) and y == 1  # centre crop; labels follow the sorted wnids
+    train = load_dataset("imagenette", "train", root=root, image_size=32)
+    xb, yb = next(iter(loader(train, 8, train=True, seed=0)))
+    assert xb.shape == (8, 3, 32, 32) and torch.isfinite(xb).all()
+    # a random-resized crop differs from the centre crop, and is seeded
+    xb2, _ = next(iter(loader(train, 8, train=True, seed=0)))
+    assert torch.equal(xb, xb2)
+    # the cache serves the second load, and another size is a separate entry
+    assert load_dataset("imagenette", "val", root=root, image_size=48).images.shape[1:] == (55, 55, 3)
+
+
+def test_imagenette_wrong_tree_says_what_is_expected(tmp_path):
+    _imagenette_tree(tmp_path / "imagenette", classes=3)
+    with pytest.raises(DatasetError, match="class folders"):
+        load_dataset("imagenette", "val", root=tmp_path / "imagenette")

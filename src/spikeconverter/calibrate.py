@@ -31,8 +31,6 @@ class Observer:
         self.sample_size = sample_size
         self.signed = signed  # the input coder codes |z| with two polarities
         self.max = 0.0
-        self.seen = 0  # positive values seen
-        self.total = 0  # values seen
         self.sample = torch.empty(0)
         self.keys = torch.empty(0)  # random keys of the sampled values (smallest kept)
         self.gen = torch.Generator().manual_seed(seed)
@@ -44,14 +42,12 @@ class Observer:
             z = z.abs()
         if not bool(torch.isfinite(z).all()):
             raise ValueError("calibration produced NaN/Inf activations (check the calibration data and the model)")
-        self.total += z.numel()
         pos = z[z > 0]
         if pos.numel() == 0:
             return
         self.max = max(self.max, float(pos.max()))
         # reservoir sampling by random keys: keep the sample_size smallest keys seen so far
         n_new = pos.numel()
-        self.seen += n_new
         keys_new = torch.rand(n_new, generator=self.gen)
         vals = torch.cat([self.sample, pos])
         keys = torch.cat([self.keys, keys_new])

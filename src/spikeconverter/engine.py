@@ -27,7 +27,7 @@ import torch
 
 from . import ops
 from .graph import GraphPlan, Region, SpikeActivation, node_shapes, run_region
-from .neuron import accumulate, generate, generate_step, initial_potential
+from .neuron import accumulate, generate, generate_step, if_step, initial_potential
 
 
 @dataclass
@@ -361,11 +361,8 @@ class RateSimulator:
                     a: SpikeActivation = self.act[n]
                     region = plan.regions[n]
                     current = run_region(gm, region, {s: vals[s] for s in region.sources}, with_bias=True)
-                    if n not in v:
-                        v[n] = torch.zeros_like(current)
-                    v[n] = v[n] + current
-                    s = (v[n] >= a.theta).to(x.dtype)
-                    v[n] = v[n] - a.theta * s
+                    v[n], s = if_step(v.get(n, torch.zeros_like(current)), current, a.theta)
+                    s = s.to(x.dtype)
                     counts[n] += s.flatten(1).sum(1)
                     if neuron_counts:
                         per_neuron[n] = per_neuron.get(n, 0) + s

@@ -29,7 +29,13 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None):
     if path is None:
         create(name, dataset=dataset, pretrained=True)  # raises the error listing what is shipped
     meta = load_weights(model, path)
-    return model.eval(), {"checkpoint": str(path), **{k: meta.get(k) for k in ("arch", "dataset", "test_acc", "epochs")}}
+    keys = ("arch", "dataset", "test_acc", "epochs", "image_size")
+    return model.eval(), {"checkpoint": str(path), **{k: meta.get(k) for k in keys}}
+
+
+def _sized(dataset: str, info: dict) -> dict:
+    """Photos are evaluated at the side the checkpoint was trained at (its metadata says)."""
+    return {"image_size": info["image_size"]} if dataset == "imagenette" and info.get("image_size") else {}
 
 
 def _subset(ds, n: int | None, seed: int):
@@ -52,11 +58,12 @@ def _batches(ds, batch_size: int):
         yield from torch.utils.data.DataLoader(ds, batch_size=batch_size)
 
 
-def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, download: bool = False) -> torch.Tensor:
-    """``n`` training images (fixed random subset), normalised, as one tensor."""
+def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, download: bool = False,
+                     **dataset_kw) -> torch.Tensor:
+    """``n`` training images (fixed random subset, no augmentation), normalised, as one tensor."""
     if n < 1:
         raise ValueError(f"--calibration must be >= 1, got {n}")
-    train = _subset(load_dataset(dataset, "train", data_root, download=download), n, seed + 1)
+    train = _subset(load_dataset(dataset, "train", data_root, download=download, **dataset_kw), n, seed + 1)
     return torch.cat([x for x, _ in _batches(train, 512)])
 
 
@@ -122,8 +129,8 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
-    test = _subset(load_dataset(dataset, "test", data_root, download=download), limit, seed)
-    calib = calibration_data(dataset, calibration, data_root, seed, download=download)
+    test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
+    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     t0 = time.time()
     snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
                   progress=not quiet)
@@ -208,9 +215,9 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
     net, info = load_model(model, dataset, checkpoint)
-    test = _subset(load_dataset(dataset, "test", data_root, download=download), limit, seed)
+    test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     rate_test = _subset(test, rate_limit, seed) if rate_limit else test
-    calib = calibration_data(dataset, calibration, data_root, seed, download=download)
+    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)
     ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
     rows = []

@@ -25,6 +25,7 @@ __all__ = [
     "decode",
     "generate",
     "generate_step",
+    "if_step",
     "initial_potential",
     "max_value",
     "quantize",
@@ -87,6 +88,13 @@ def generate(v: torch.Tensor, theta, beta: float, timesteps: int) -> tuple[torch
         v, s = generate_step(v, theta, beta)
         spikes.append(s)
     return torch.stack(spikes).to(v.dtype), v
+
+
+def if_step(v: torch.Tensor, current: torch.Tensor, theta) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the rate baseline's IF neuron: integrate, spike at theta, reset by subtraction."""
+    v = v + current
+    s = v >= theta
+    return torch.where(s, v - theta, v), s
 
 
 def accumulate(v: torch.Tensor, current: torch.Tensor, beta: float) -> torch.Tensor:
