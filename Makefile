@@ -1,5 +1,11 @@
 # `make demo` runs the main job; `make test` runs the tests. Both create .venv on first use.
 PY ?= python3
+# Which torch build to install (see the README's "Install"). On a plain Linux machine PyPI's
+# torch==2.13.0 is the CUDA build (torch plus triton and the nvidia-* runtime wheels, several GB);
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes PyTorch's CPU-only build (~200 MB) instead.
+# Machines whose pip is configured with a local CPU wheel (the project's dev boxes) get that either way.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,8 +15,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned exactly: a looser spec could pull a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, as chosen above; the package's own range (torch>=2.3,<2.14) then installs nothing more
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -98,3 +98,60 @@ def test_pretrained_loads():
 
     m = sc.models.create("resnet20", pretrained=True)
     assert not m.training
+
+
+# ------------------------------------------------------------------ the rough edges (issue 13)
+
+
+@pytest.mark.parametrize("args", [["evaluate", "--limit", "0"], ["evaluate", "--limit", "-5"],
+                                  ["sweep", "--calibration", "0"], ["train", "--out", "x.safetensors", "--limit", "0"]])
+def test_non_positive_counts_are_refused_up_front(args):
+    r = run(*args)
+    assert r.returncode == 2 and "must be >= 1" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_data_not_found_prints_every_layout_with_cli_words(tmp_path, capsys):
+    code = main(["evaluate", "--dataset", "cifar10", "--data", str(tmp_path), "--limit", "10", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "expected one of these layouts:" in err
+    assert "cifar-10-batches-py" in err and "class folders" in err  # the lines after the first
+    assert "--data" in err and "root=..." not in err, err
+
+
+def test_torch_save_checkpoint_gets_a_safe_path(tmp_path, capsys):
+    import torch
+
+    import spikeconverter as sc
+
+    model = sc.models.create("resnet20")
+    pt = tmp_path / "r20.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, pt)
+    code = main(["evaluate", "--checkpoint", str(pt), "--limit", "10", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "torch.save" in err and "import-checkpoint" in err and "header" not in err, err
+    out = tmp_path / "r20.safetensors"
+    assert main(["import-checkpoint", str(pt), "--out", str(out)]) == 0
+    again = sc.models.create("resnet20")
+    from spikeconverter.checkpoint import load_weights
+
+    load_weights(again, out)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_train_limit_is_a_class_balanced_random_subset():
+    import numpy as np
+
+    from spikeconverter.data.datasets import DATASETS, ArrayDataset
+    from spikeconverter.train import balanced_subset
+
+    labels = np.repeat(np.arange(10), 50)  # sorted by class, as the archives are
+    ds = ArrayDataset(np.zeros((500, 4, 4, 3), np.uint8), labels, DATASETS["cifar10"])
+    sub = balanced_subset(ds, 100, seed=0)
+    assert len(sub) == 100 and sub.labels.bincount().tolist() == [10] * 10
+    assert torch_equal(sub.labels, balanced_subset(ds, 100, seed=0).labels)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

@@ -30,6 +30,10 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     tensors = {}
+    if _is_torch_pickle(path):
+        raise ValueError(
+            f"{path} is a torch.save (pickle) file; only safetensors checkpoints are read, because unpickling can run "
+            f"code. Convert it once: spikeconverter import-checkpoint {path} --out {path.with_suffix('.safetensors')}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
@@ -38,6 +42,29 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path} is not a readable safetensors checkpoint: {e}") from None
     return tensors, meta
+
+
+def _is_torch_pickle(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 protocol byte)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+def import_checkpoint(src: Path, out: Path) -> int:
+    """A ``torch.save`` state dict (or {"state_dict": ...} / {"model": ...}) -> a safetensors file,
+    read with ``weights_only=True`` (no code runs). Returns the number of tensors written."""
+    obj = torch.load(src, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{src} does not hold a state dict of tensors")
+    state = {(k[7:] if k.startswith("module.") else k): v.contiguous() for k, v in obj.items()}
+    save_tensors(Path(out), state, {"imported_from": Path(src).name})
+    return len(state)
 
 
 def read_metadata(path: Path) -> dict:

@@ -14,9 +14,22 @@ def _train(args) -> int:
                       label_smoothing=args.label_smoothing, seed=args.seed, bf16=not args.no_bf16,
                       data_root=args.data, download=args.download, threads=args.threads, image_size=args.image_size)
     meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
-                 half_export=args.half, stop_after=args.stop_after, limit=args.limit)
+                 half_export=args.half, stop_after=args.stop_after, limit=args.limit, test_limit=args.test_limit)
     print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
     return 0
+
+
+def _positive(name):
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {v!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {n}")
+        return n
+
+    return parse
 
 
 def _evaluate(args) -> int:
@@ -49,6 +62,14 @@ def _sweep(args) -> int:
     return 0
 
 
+def _import_checkpoint(args) -> int:
+    from .checkpoint import import_checkpoint
+
+    n = import_checkpoint(args.src, args.out)
+    print(f"wrote {n} tensors to {args.out} (read with weights_only=True)")
+    return 0
+
+
 def _demo(args) -> int:
     args.model, args.dataset, args.T, args.beta, args.method, args.engine = "resnet20", "cifar10", 8, "2", \
         "spikeconverter", "fast"
@@ -72,8 +93,10 @@ def _common(p, T_default=8):
     p.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped checkpoint)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on a fixed random subset of N test images")
-    p.add_argument("--calibration", type=int, default=512, help="training images used for calibration")
+    p.add_argument("--limit", type=_positive("--limit"), default=None,
+                   help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--calibration", type=_positive("--calibration"), default=512,
+                   help="training images used for calibration")
     p.add_argument("--beta", default="2", help="growth factor in [1, 2], or 'search'")
     p.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
@@ -84,8 +107,19 @@ def _common(p, T_default=8):
                    help="do not build the fused quantizer kernel (same results, slower fast path)")
 
 
+class _UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (``--help`` shows the usage)."""
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spikeconverter", description=__doc__)
+    p = _Parser(prog="spikeconverter", description=__doc__)
     p.add_argument("--threads", type=int, default=None, dest="global_threads",
                    help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", default=None, help="also write the final weights here (shippable form)")
     t.add_argument("--half", action="store_true", help="export in float16")
     t.add_argument("--stop-after", type=int, default=None, help="run at most N epochs now (resume later)")
-    t.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    t.add_argument("--limit", type=_positive("--limit"), default=None,
+                   help="train on a fixed random, class-balanced subset of N training images (smoke runs)")
+    t.add_argument("--test-limit", type=_positive("--test-limit"), default=None,
+                   help="score each epoch on a fixed random subset of N test images (default: all)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
@@ -137,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
     s.set_defaults(func=_sweep)
 
+    ic = sub.add_parser("import-checkpoint", help="convert a torch.save state dict (.pt/.pth) to safetensors, safely")
+    ic.add_argument("src", help="the .pt/.pth file (loaded with weights_only=True: no code runs)")
+    ic.add_argument("--out", required=True, help="the .safetensors file to write")
+    ic.set_defaults(func=_import_checkpoint)
+
     d = sub.add_parser("demo", help="the main job: evaluate the shipped ResNet-20 at T = 8")
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--data", default=None)
@@ -146,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(f"spikeconverter: error: {e} (see --help)", file=sys.stderr)
+        return 2
     if args.global_threads:
         import torch
 
@@ -154,7 +200,14 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"spikeconverter: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        msg = str(e)
+        from .data import DatasetError
+
+        if isinstance(e, DatasetError):  # the whole message: the layouts it expects follow the first line
+            msg = msg.replace("pass root=...", "pass --data DIR")
+        else:
+            msg = msg.splitlines()[0] if msg else type(e).__name__
+        print(f"spikeconverter: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -43,6 +43,23 @@ class TrainConfig:
     image_size: int | None = None  # photos (imagenette): the side the network is trained at
 
 
+def balanced_subset(ds, n: int, seed: int):
+    """A fixed random subset of ``n`` items with the classes as equally represented as they can be."""
+    if n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    labels = ds.labels
+    classes = labels.unique()
+    per_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    # round-robin over the classes, each in its own random order
+    order = torch.stack([torch.cat([idx, idx.new_full((len(labels) - len(idx),), -1)]) for idx in per_class], 1).flatten()
+    picked = order[order >= 0][:n].sort().values
+    out = ds.subset(None)
+    out.images, out.labels = ds.images[picked], ds.labels[picked]
+    return out
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     p = step / max(1, total)
     if cfg.schedule == "cosine":
@@ -103,19 +120,23 @@ def _load_optim_tensors(opt, tensors) -> None:
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
           export: str | Path | None = None, half_export: bool = False, stop_after: int | None = None,
-          limit: int | None = None) -> dict:
+          limit: int | None = None, test_limit: int | None = None) -> dict:
     """Train per ``cfg``; ``out`` is the run's checkpoint file (``.safetensors``). Returns metadata.
 
     ``stop_after``: run at most this many epochs now (a time-boxed session), resumable later.
-    ``limit``: train on the first ``limit`` training images only (tests, smoke runs)."""
+    ``limit``: train on a fixed random, class-balanced subset of ``limit`` training images (tests,
+    smoke runs; the archives are sorted by class, so the first N would be one class).
+    ``test_limit``: score each epoch on a fixed random subset of the test set."""
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sized = {"image_size": cfg.image_size} if cfg.image_size else {}
     train_ds = load_dataset(cfg.dataset, "train", cfg.data_root, download=cfg.download, **sized)
     if limit is not None:
-        train_ds = train_ds.subset(limit)
+        train_ds = balanced_subset(train_ds, limit, cfg.seed)
     test_ds = load_dataset(cfg.dataset, "test", cfg.data_root, **sized)
+    if test_limit is not None:
+        test_ds = balanced_subset(test_ds, test_limit, cfg.seed + 1)
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, dataset=cfg.dataset)
     opt = _optimizer(model, cfg)
