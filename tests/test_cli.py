@@ -155,3 +155,8 @@ def torch_equal(a, b):
     import torch
 
     return torch.equal(a, b)
+
+
+def test_large_T_is_bounded_by_precision_not_memory():
+    r = run("evaluate", "-T", "60", "--limit", "10")
+    assert r.returncode == 2 and "<= 52" in r.stderr, r.stderr

@@ -269,3 +269,17 @@ def test_docs_list_every_op_kind_of_the_table():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "method.md").read_text()
     assert supported_ops_markdown() in doc, "docs/method.md is out of date: run python scripts/op_table.py"
+
+
+def test_bad_inputs_are_refused_the_same_by_both_engines():
+    model = pattern("negate").float()
+    snn = sc.convert(model, torch.randn(8, 3, 8, 8), timesteps=4)
+    x = torch.randn(2, 3, 8, 8)
+    for bad, what in ((x.clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan"))), "NaN/Inf"),
+                      (x.clone().index_put_((torch.tensor([1]),), torch.tensor(float("inf"))), "NaN/Inf"),
+                      ((x * 100).to(torch.uint8), "floating-point")):
+        for engine in (snn, snn.simulate):
+            with pytest.raises(ValueError, match=what):
+                engine(bad)
+    # another float precision is run in the network's own
+    assert torch.equal(snn(x.double()), snn(x))

@@ -112,7 +112,18 @@ class SpikingNetwork(nn.Module):
 
     # -- running -------------------------------------------------------------------------------
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Both engines see the same input: a floating tensor in the network's precision, finite
+        (a NaN or Inf pixel has no spike code: the fast path would return NaN and the simulator
+        finite numbers, so it is refused)."""
         self._check_input(x)
+        if not x.is_floating_point():
+            raise ValueError(f"input must be a floating-point tensor (normalised images), got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"input holds {int((~torch.isfinite(x)).sum())} NaN/Inf values; both engines refuse "
+                             "non-finite input")
+        param = next(iter(self.gm.parameters()), None)
+        if param is not None and x.dtype != param.dtype:
+            x = x.to(param.dtype)  # the network's precision: what it was converted (and thresholds rounded) for
         if self.exact_bounds is None:
             return x
         from .fixed_point import check_bounds, round_input
