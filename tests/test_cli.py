@@ -160,3 +160,61 @@ def torch_equal(a, b):
 def test_large_T_is_bounded_by_precision_not_memory():
     r = run("evaluate", "-T", "60", "--limit", "10")
     assert r.returncode == 2 and "<= 52" in r.stderr, r.stderr
+
+
+def test_unknown_plot_format_fails_before_the_sweep(tmp_path):
+    r = run("sweep", "-T", "4", "--rate-T", "--limit", "10", "--plot", str(tmp_path / "p.xyz"))
+    assert r.returncode == 2 and "unknown image format 'xyz'" in r.stderr, r.stderr
+
+
+def test_resume_without_a_run_file_says_so(tmp_path):
+    r = run("train", "--out", str(tmp_path / "none.safetensors"), "--resume", "--data", str(tmp_path))
+    assert "starting from scratch" in r.stderr, r.stderr
+
+
+def test_help_texts_are_plain_and_complete():
+    for cmd in ("train", "evaluate", "sweep"):
+        out = run(cmd, "--help").stdout
+        assert "``" not in out
+    top = run("--help").stdout
+    assert "``" not in top
+    train_help = run("train", "--help").stdout
+    for opt in ("--dataset", "--epochs", "--lr", "--seed", "--image-size", "--test-limit"):
+        line = next(ln for ln in train_help.splitlines() if opt in ln)
+        assert len(train_help.split(opt, 1)[1].split("\n  -", 1)[0].split()) > 1 or line.strip() != opt, opt
+
+
+def test_ctrl_c_in_train_says_what_is_kept(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "r.safetensors"
+    p = subprocess.Popen([sys.executable, "-m", "spikeconverter.cli", "--threads", "1", "train", "--limit", "256",
+                          "--test-limit", "100", "--epochs", "50", "--batch-size", "64", "--out", str(out), "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not out.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert out.exists(), "no epoch finished in time"
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "interrupted" in err and "after epoch" in err and "--resume" in err, err
+
+
+def test_first_compiled_call_is_announced(monkeypatch, capsys):
+    from spikeconverter import neuron
+
+    monkeypatch.setattr(neuron, "_compiled_kernel", None)
+    monkeypatch.setattr(neuron, "_get_kernel", lambda: None)  # do not spend the 25 s here
+    assert main(["--threads", "1", "evaluate", "--limit", "10", "--calibration", "16"]) == 0
+    assert "compiling the fused quantizer once" in capsys.readouterr().out
+
+
+def test_make_passes_the_torch_choice_to_pip():
+    r = subprocess.run(["make", "-n", "-B", ".venv/.installed", "TORCH_INDEX=https://download.pytorch.org/whl/cpu"],
+                       capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in r.stdout, r.stdout + r.stderr

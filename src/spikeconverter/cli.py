@@ -7,14 +7,26 @@ import sys
 
 
 def _train(args) -> int:
+    from pathlib import Path
+
     from .train import TrainConfig, train
+
+    if args.resume and not Path(args.out).exists():
+        print(f"--resume: {args.out} does not exist yet; starting from scratch", file=sys.stderr)
 
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       label_smoothing=args.label_smoothing, seed=args.seed, bf16=not args.no_bf16,
                       data_root=args.data, download=args.download, threads=args.threads, image_size=args.image_size)
-    meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
-                 half_export=args.half, stop_after=args.stop_after, limit=args.limit, test_limit=args.test_limit)
+    try:
+        meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
+                     half_export=args.half, stop_after=args.stop_after, limit=args.limit, test_limit=args.test_limit)
+    except KeyboardInterrupt:
+        from .checkpoint import read_metadata
+
+        done = read_metadata(Path(args.out)).get("epoch", 0) if Path(args.out).exists() else 0
+        print(f"interrupted; {args.out} keeps the run after epoch {done} (continue with --resume)", file=sys.stderr)
+        return 130
     print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
     return 0
 
@@ -47,6 +59,14 @@ def _evaluate(args) -> int:
 
 def _sweep(args) -> int:
     from .evaluate import format_sweep, plot_sweep, sweep, write_json
+
+    if args.plot:  # a bad file name fails now, not after the whole sweep
+        from matplotlib.figure import Figure
+
+        fmt = args.plot.rsplit(".", 1)[-1].lower() if "." in args.plot else ""
+        supported = Figure().canvas.get_supported_filetypes()
+        if fmt not in supported:
+            raise ValueError(f"--plot {args.plot}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
 
     r = sweep(model=args.model, dataset=args.dataset, timesteps=tuple(args.T), rate_timesteps=tuple(args.rate_T),
               beta=_beta(args.beta), checkpoint=args.checkpoint, limit=args.limit, rate_limit=args.rate_limit,
@@ -91,7 +111,7 @@ def _beta(b: str):
 
 def _common(p, T_default=8):
     p.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
-    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, fashion_mnist, imagenet, imagenette")
     p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped checkpoint)")
     p.add_argument("--limit", type=_positive("--limit"), default=None,
                    help="evaluate on a fixed random subset of N test images")
@@ -119,26 +139,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="spikeconverter", description=__doc__)
+    p = _Parser(prog="spikeconverter", description="Convert trained CNNs into spiking networks that compute the "
+                "same function (SpikeConverter: temporal separation, iLIF neurons), and measure them.")
     p.add_argument("--threads", type=int, default=None, dest="global_threads",
                    help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model of the zoo (checkpoint every epoch, --resume)")
-    t.add_argument("--model", default="resnet20")
-    t.add_argument("--dataset", default="cifar10")
-    t.add_argument("--epochs", type=int, default=60)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
+    t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, fashion_mnist, imagenet, imagenette")
+    t.add_argument("--epochs", type=_positive("--epochs"), default=60, help="epochs in the whole schedule")
+    t.add_argument("--batch-size", type=_positive("--batch-size"), default=128, help="images per SGD step")
+    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, Nesterov momentum 0.9)")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="L2 on weights (not on BN or biases)")
+    t.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle", help="learning-rate schedule")
+    t.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     t.add_argument("--no-bf16", action="store_true",
                    help="train in float32 (on CPUs without native bf16, e.g. the 2-core dev box, float32 is faster)")
-    t.add_argument("--image-size", type=int, default=None,
+    t.add_argument("--image-size", type=_positive("--image-size"), default=None,
                    help="imagenette: train and test at this side (default 224; decoded once at side/0.875)")
-    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     t.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     t.add_argument("--download", action="store_true", help="CIFAR: fetch the official release if no copy is found")
     t.add_argument("--out", required=True, help="run checkpoint (.safetensors), rewritten every epoch")
@@ -150,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a fixed random, class-balanced subset of N training images (smoke runs)")
     t.add_argument("--test-limit", type=_positive("--test-limit"), default=None,
                    help="score each epoch on a fixed random subset of N test images (default: all)")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="convert a model and report accuracy, latency, spikes, SOPs, energy")
@@ -167,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("-T", "--timesteps", dest="T", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
     s.add_argument("--rate-T", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512])
-    s.add_argument("--rate-limit", type=int, default=None, help="test images for the (slow) rate baseline")
+    s.add_argument("--rate-limit", type=_positive("--rate-limit"), default=None, help="test images for the (slow) rate baseline")
     s.add_argument("--also-beta", nargs="*", default=[], help="extra beta values as ablation rows (e.g. 1)")
     s.add_argument("--also-beta-T", nargs="+", type=int, default=None,
                    help="time steps for the --also-beta rows (default: the same as -T)")
@@ -180,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     ic.set_defaults(func=_import_checkpoint)
 
     d = sub.add_parser("demo", help="the main job: evaluate the shipped ResNet-20 at T = 8")
-    d.add_argument("--limit", type=int, default=None)
-    d.add_argument("--data", default=None)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--limit", type=_positive("--limit"), default=None, help="a fixed random subset of N test images")
+    d.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
     return p
 

@@ -135,6 +135,10 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
                   progress=not quiet)
     if compile:
+        from .neuron import _compiled_kernel
+
+        if _compiled_kernel is None and not quiet:
+            print("compiling the fused quantizer once (about 25 s on first use on this machine) ...", flush=True)
         snn.compile()
     t_convert = time.time() - t0
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)

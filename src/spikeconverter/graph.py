@@ -127,7 +127,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UnsupportedOperationError(
             f"the model cannot be traced by torch.fx ({type(e).__name__}: {msg}); data-dependent control flow "
-            f"(if/for on tensor values) has no static spiking graph. Supported: {ops.supported_summary()}"
+            f"(if/for on tensor values) has no static spiking graph; {ops.supported_summary()}"
         ) from None
 
 
@@ -236,7 +236,7 @@ def validate(gm: fx.GraphModule) -> None:
         kind = ops.kind_of(gm, node)
         if kind is None:
             raise _unsupported(gm, node, "not a linear op, a rearrangement or a ReLU, so it has no exact spiking "
-                                         f"form. Supported: {ops.supported_summary()}")
+                                         f"form; {ops.supported_summary()}")
         if kind.role == ops.REFUSED:
             raise _unsupported(gm, node, kind.reason)
         if kind.check is not None:
