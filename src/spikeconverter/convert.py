@@ -23,7 +23,7 @@ from .calibrate import (
 )
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
 from .graph import GraphPlan, SpikeActivation, analyze, check_pools, prepare
-from .neuron import check_params, quantize_digits
+from .neuron import check_code_length, check_params, quantize_digits
 
 METHODS = ("spikeconverter", "rate")
 
@@ -215,6 +215,8 @@ def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_poi
     if fixed_point and method != "spikeconverter":
         raise ValueError("fixed_point applies to the two-phase method, not the rate baseline")
     check_params(None, 2.0 if beta == "search" else beta, timesteps, phi)
+    if method == "spikeconverter":
+        check_code_length(timesteps)
     if beta != "search" and not isinstance(beta, (int, float)):
         raise ValueError(f"beta must be a number in [1, 2] or 'search', got {beta!r}")
     if input_coding not in ("analog", "spike"):

@@ -212,8 +212,10 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     extra_betas are ablation rows (e.g. beta = 1: temporal separation without iLIF), run at
     extra_beta_timesteps (default: the same T as the main rows)."""
     extra_beta_timesteps = tuple(timesteps if extra_beta_timesteps is None else extra_beta_timesteps)
-    for T in tuple(timesteps) + tuple(rate_timesteps) + extra_beta_timesteps:
+    for T in tuple(timesteps) + extra_beta_timesteps:
         _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
+    for T in rate_timesteps:
+        _check_args(T, 1.0, None, "rate", 0.0, "analog")
     for b in extra_betas:
         _check_args(1, b, None, "spikeconverter", 0.5, "analog")
     if calibration < 1:

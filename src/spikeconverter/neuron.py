@@ -38,17 +38,21 @@ __all__ = [
 
 # A layer's code is a T-digit word; max-pools and spike counts handle it as an integer in float64
 # (53-bit significand). Accuracy saturates far earlier: with float32 activations, digits beyond
-# T ~ 24 resolve less than one rounding of the potential (docs/method.md).
+# T ~ 24 resolve less than one rounding of the potential (docs/method.md). The rate baseline's T
+# counts steps, not digits, and has no such bound.
 MAX_TIMESTEPS = 52
+
+
+def check_code_length(timesteps: int) -> None:
+    if timesteps > MAX_TIMESTEPS:
+        raise ValueError(f"timesteps must be <= {MAX_TIMESTEPS}, got {timesteps}: a T-step code is a T-bit integer "
+                         "word (max-pools, spike counts), exact in float64 only up to 52 bits")
 
 
 def check_params(theta=None, beta: float = 2.0, timesteps: int = 1, phi: float = 0.0) -> None:
     """ValueError with a one-line reason for parameters outside the model's domain."""
     if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
         raise ValueError(f"timesteps must be an integer >= 1, got {timesteps!r}")
-    if timesteps > MAX_TIMESTEPS:
-        raise ValueError(f"timesteps must be <= {MAX_TIMESTEPS}, got {timesteps}: a T-step code is a T-bit integer "
-                         "word (max-pools, spike counts), exact in float64 only up to 52 bits")
     if not (isinstance(beta, (int, float)) and 1.0 <= float(beta) <= 2.0):
         raise ValueError(f"beta must be a number in [1, 2], got {beta!r}")
     if not (0.0 <= float(phi) < 1.0):
