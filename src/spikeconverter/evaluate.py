@@ -30,7 +30,15 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None):
         create(name, dataset=dataset, pretrained=True)  # raises the error listing what is shipped
     meta = load_weights(model, path)
     keys = ("arch", "dataset", "test_acc", "epochs", "image_size")
-    return model.eval(), {"checkpoint": str(path), **{k: meta.get(k) for k in keys}}
+    return model.eval(), {"checkpoint": _file_ref(path), **{k: meta.get(k) for k in keys}}
+
+
+def _file_ref(path: Path) -> str:
+    """A checkpoint as results name it: file name and content hash, never the machine's path."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return f"{Path(path).name} (sha256 {digest}...)"
 
 
 def _sized(dataset: str, info: dict) -> dict:

@@ -43,6 +43,13 @@ class TrainConfig:
     image_size: int | None = None  # photos (imagenette): the side the network is trained at
 
 
+def _portable(config: dict) -> dict:
+    """The config as metadata records it: a data folder by its name, not the machine's path."""
+    if config.get("data_root"):
+        config = {**config, "data_root": Path(config["data_root"]).name}
+    return config
+
+
 def balanced_subset(ds, n: int, seed: int):
     """A fixed random subset of ``n`` items with the classes as equally represented as they can be."""
     if n >= len(ds):
@@ -193,7 +200,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         meta = {"arch": cfg.model, "dataset": cfg.dataset, "epoch": epoch + 1, "epochs": cfg.epochs,
                 "seed": cfg.seed, "test_acc": test_acc, "data": getattr(test_ds, "source", ""),
                 "image_size": getattr(test_ds, "crop", None) or test_ds.info.image_size,
-                "config": asdict(cfg), "history": history}
+                "config": _portable(asdict(cfg)), "history": history}
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update(_optim_tensors(opt))
         save_tensors(out, tensors, meta)

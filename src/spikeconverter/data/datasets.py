@@ -272,7 +272,7 @@ class FolderDataset(Dataset):
             raise DatasetError(f"{split_dir} holds no images; " + _layout_help("imagenet"))
         self.info, self.train = info, train
         self.labels = torch.tensor([s[1] for s in self.samples])
-        self.source = str(root)
+        self.source = f"folders:{root.name}"
         self.mean = torch.tensor(info.mean).view(3, 1, 1)
         self.std = torch.tensor(info.std).view(3, 1, 1)
 
@@ -341,7 +341,8 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
         ds.crop = size
         return ds
     images, labels, classes = _cached_arrays(name, kind, path, split)
-    return ArrayDataset(images, labels, info, classes, source=f"{kind}:{path}")
+    # provenance names the layout and the file or folder, never the machine's absolute path
+    return ArrayDataset(images, labels, info, classes, source=f"{kind}:{path.name}")
 
 
 # ----------------------------------------------------------------------------------------------
