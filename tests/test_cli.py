@@ -218,3 +218,27 @@ def test_make_passes_the_torch_choice_to_pip():
     r = subprocess.run(["make", "-n", "-B", ".venv/.installed", "TORCH_INDEX=https://download.pytorch.org/whl/cpu"],
                        capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
     assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in r.stdout, r.stdout + r.stderr
+
+
+def test_unsupported_op_message_points_to_the_docs_in_one_short_line(capsys):
+    import torch.nn.functional as F
+    from torch import nn
+
+    import spikeconverter as sc
+
+    class M(nn.Module):
+        def forward(self, x):
+            return F.relu(x).exp()
+
+    with pytest.raises(sc.UnsupportedOperationError) as e:
+        sc.convert(M(), None)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 300 and "docs/method.md" in msg and "node 'exp'" in msg, msg
+
+
+def test_readme_api_snippet_defines_x_before_using_it():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("```python", 1)[1].split("```", 1)[0]
+    assert block.index("x, y = ") < block.index("snn(x)")

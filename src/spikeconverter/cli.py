@@ -141,7 +141,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="spikeconverter", description="Convert trained CNNs into spiking networks that compute the "
                 "same function (SpikeConverter: temporal separation, iLIF neurons), and measure them.")
-    p.add_argument("--threads", type=int, default=None, dest="global_threads",
+    p.add_argument("--threads", type=_positive("--threads"), default=None, dest="global_threads",
                    help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in float32 (on CPUs without native bf16, e.g. the 2-core dev box, float32 is faster)")
     t.add_argument("--image-size", type=_positive("--image-size"), default=None,
                    help="imagenette: train and test at this side (default 224; decoded once at side/0.875)")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    t.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     t.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     t.add_argument("--download", action="store_true", help="CIFAR: fetch the official release if no copy is found")
     t.add_argument("--out", required=True, help="run checkpoint (.safetensors), rewritten every epoch")
