@@ -106,24 +106,22 @@ def _bn_check(gm, node):
     return None
 
 
-def _add_linear(call, args, kwargs):
-    a, b = args[0], args[1]
-    alpha = kwargs.get("alpha", 1)
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return call(*args, **kwargs)
-    if torch.is_tensor(a):
-        return a
-    return b * alpha if alpha != 1 else b
+def _sum_linear(sign: float):
+    """Linear part of a + sign*alpha*b: a number on either side is a constant term and drops out."""
+
+    def part(call, args, kwargs):
+        a, b = args[0], args[1]
+        if torch.is_tensor(a) and torch.is_tensor(b):
+            return call(*args, **kwargs)
+        if torch.is_tensor(a):
+            return a
+        k = sign * kwargs.get("alpha", 1)
+        return b * k if k != 1 else b
+
+    return part
 
 
-def _sub_linear(call, args, kwargs):
-    a, b = args[0], args[1]
-    alpha = kwargs.get("alpha", 1)
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return call(*args, **kwargs)
-    if torch.is_tensor(a):
-        return a
-    return -(b * alpha) if alpha != 1 else -b
+_add_linear, _sub_linear = _sum_linear(1.0), _sum_linear(-1.0)
 
 
 def _pad_value(gm, node):
