@@ -107,6 +107,9 @@ class Pattern(nn.Module):
         self.up = nn.ConvTranspose2d(c, c, 2, 2)
         self.pool1d = nn.MaxPool1d(2)
         self.amax = nn.AdaptiveMaxPool2d((3, 3))
+        self.conv3d = nn.Conv3d(c, c, 3, padding=1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.unflatten = nn.Unflatten(1, (2, 2))
         self.fc = nn.LazyLinear(classes)
 
     def forward(self, x):
@@ -134,7 +137,27 @@ PATTERNS = {
     "avgpool_3_1_1": lambda s, x: F.avg_pool2d(F.relu(s.c(x)), 3, 1, 1),
     "bn_standalone_after_relu": lambda s, x: F.relu(s.bn(F.relu(s.c(x)))),
     "pool_size_from_tensor": lambda s, x: F.avg_pool2d(r := F.relu(s.c(x)), r.size()[3]).view(r.size(0), -1),
+    # every other rearrangement and linear form the op table admits, each once
+    "reflect_pad_then_maxpool": lambda s, x: F.max_pool2d(F.pad(F.relu(s.c(x)), (1, 1, 1, 1), mode="reflect"), 2),
+    "flip_roll_then_maxpool": lambda s, x: F.max_pool2d(torch.roll(F.relu(s.c(x)).flip(-1), 1, dims=2), 2),
+    "pixel_shuffle_and_channel_shuffle": lambda s, x: F.max_pool2d(
+        s.shuffle(F.pixel_unshuffle(F.pixel_shuffle(F.relu(s.c(x)), 2), 2)), 2),
+    "stack_unbind_select_narrow": lambda s, x: F.relu(s.c2(torch.stack(F.relu(s.c(x)).unbind(1), 1)))
+    .narrow(1, 1, 2).select(2, 3),
+    "movedim_expand_repeat": lambda s, x: F.max_pool2d(F.relu(s.c(x)).movedim(1, 3).movedim(3, 1)
+                                                       [:, :1].expand(-1, 2, -1, -1).repeat(1, 2, 1, 1), 2),
+    "sum_and_unflatten": lambda s, x: s.unflatten(F.relu(s.c(x)).sum(dim=(2, 3))),
+    "area_and_bicubic_interpolation": lambda s, x: F.relu(F.interpolate(F.relu(s.c(x)), scale_factor=0.5, mode="area")
+                                                          + F.interpolate(F.relu(s.c(x)), size=(4, 4), mode="bicubic")),
+    "conv3d_pools_3d": lambda s, x: _three_d(s, x),
+    "constant_pad_is_a_bias": lambda s, x: F.relu(s.c2(F.pad(F.relu(s.c(x)), (1, 1, 1, 1), value=0.3))),
 }
+
+
+def _three_d(s, x):
+    y = F.relu(s.c(x)).unsqueeze(2).expand(-1, -1, 2, -1, -1)  # [B, C, 2, H, W]
+    y = F.relu(s.conv3d(y))
+    return F.avg_pool3d(F.max_pool3d(y, (1, 2, 2)), (2, 1, 1))
 
 
 def _iadd_then_read(s, x):

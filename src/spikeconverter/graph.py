@@ -126,8 +126,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     except Exception as e:  # fx raises TraceError, TypeError, ... for control flow on tensors
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UnsupportedOperationError(
-            f"the model cannot be traced by torch.fx ({type(e).__name__}: {msg}); data-dependent control flow "
-            f"(if/for on tensor values) has no static spiking graph; {ops.supported_summary()}"
+            f"the model cannot be traced by torch.fx ({type(e).__name__}: {msg}); the usual cause is data-dependent "
+            f"control flow (if/for on tensor values), which has no static spiking graph; {ops.supported_summary()}"
         ) from None
 
 
