@@ -40,6 +40,18 @@ PUBLISHED = {
 LOSSES = (0.1, 0.5, 1.0)
 
 
+def _keep_sections(text: str, path: Path) -> str:
+    """Sections other scripts own (between <!-- name:start --> and <!-- name:end -->, with the
+    heading line before them) survive a rewrite: appended if this script does not produce them."""
+    if not path.exists():
+        return text
+    old = path.read_text()
+    for m in re.finditer(r"(## [^\n]*\n\n)?<!-- (\w+):start -->.*?<!-- \2:end -->\n?", old, flags=re.S):
+        if f"<!-- {m.group(2)}:start -->" not in text:
+            text = text.rstrip() + "\n\n" + m.group(0)
+    return text
+
+
 def lowest(rows, method, loss):
     ok = [r for r in rows if r["method"] == method and r["difference_pp"] >= -loss]
     return min(ok, key=lambda r: r["timesteps"]) if ok else None
@@ -63,10 +75,20 @@ def equal_accuracy_table(r: dict) -> list[str]:
     return lines
 
 
+def calibration_words(r: dict) -> str:
+    """Which post-training calibration produced a sweep (older sweeps predate the options)."""
+    opts = r.get("calibration_options")
+    if not opts or not any(opts.values()):
+        return ("Calibration: one threshold per layer on the float ANN's activations (v0.1; "
+                "`--no-per-channel --no-sequential --no-bias-correction` reproduces it).")
+    on = [k.replace("_", " ") for k, v in opts.items() if v]
+    return "Calibration: " + ", ".join(on) + "."
+
+
 def sweep_markdown(r: dict) -> list[str]:
     lines = [f"ANN: **{r['ann_accuracy']:.2f} %** on {r['test_images']:,} test images "
              f"({r['ann_accuracy_rate_images']:.2f} % on the {r['rate_images']:,} used for the rate baseline). "
-             f"Checkpoint `{Path(r['checkpoint']).name}`.", "",
+             f"Checkpoint `{Path(r['checkpoint']).name}`. {calibration_words(r)}", "",
              "| method | T | latency (steps) | accuracy % | vs ANN (pp) | spikes/img | SOPs/img | energy uJ/img "
              "| ANN/SNN energy |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -235,7 +257,7 @@ def main():
     md += [f"Total time of this run: {(time.time() - t0) / 60:.1f} min."]
     if reused:
         md += ["", "Reused from an earlier run of this script (`--reuse`): " + "; ".join(reused) + "."]
-    (DOCS / "results.md").write_text("\n".join(md) + "\n")
+    (DOCS / "results.md").write_text(_keep_sections("\n".join(md) + "\n", DOCS / "results.md"))
     (DOCS / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     update_readme(out)
     print(f"wrote {DOCS / 'results.md'}")
@@ -298,6 +320,10 @@ def update_readme(out: dict) -> None:
                 f"{s['model']}: compiled fast path (the CLI default) at most {worst:.2f}x the ANN's time (target <= 1.3x)")
             if worst_eager > 1.3:
                 misses.append(f"{s['model']}: eager fast path (no C++ compiler, or --no-compile) {worst_eager:.2f}x")
+    cal = sorted({calibration_words(r) for r in out["sweeps"].values()})
+    lines += ["", "Our rows: " + " / ".join(cal) + (" The new default's effect at low T is measured in "
+              "[docs/results.md](docs/results.md#post-training-calibration-ablation)." if any("v0.1" in c for c in cal)
+              else "")]
     lines += sj_readme_lines(out.get("sj"))
     body = "\n".join(lines + ["", "Targets met: " + ("; ".join(met) if met else "none") + ".", "",
                               "Targets missed: " + ("; ".join(misses) if misses else "none") + ".", "",

@@ -120,4 +120,5 @@ def test_calibration_accepts_tensors_pairs_and_loaders(small):
     a = sc.convert(model, xs, timesteps=3, threshold="max")
     b = sc.convert(model, [xs[:4], xs[4:]], timesteps=3, threshold="max")
     c = sc.convert(model, [(xs[:4], torch.zeros(4)), (xs[4:], torch.zeros(4))], timesteps=3, threshold="max")
-    assert [la.theta for la in a.layers] == [lb.theta for lb in b.layers] == [lc.theta for lc in c.layers]
+    for la, lb, lc in zip(a.layers, b.layers, c.layers):  # per-channel thresholds: tensors
+        assert torch.equal(la.theta, lb.theta) and torch.equal(la.theta, lc.theta), la.name

@@ -8,10 +8,10 @@
 
 __version__ = "0.1.0"
 
-from . import data, evaluate, metrics, models, neuron  # noqa: E402
+from . import data, evaluate, metrics, models, neuron, plot  # noqa: E402
 from .convert import LayerInfo, SpikingNetwork, convert  # noqa: E402
 from .engine import SimulationResult  # noqa: E402
 from .graph import UnsupportedOperationError  # noqa: E402
 
 __all__ = ["LayerInfo", "SimulationResult", "SpikingNetwork", "UnsupportedOperationError", "convert", "data",
-           "evaluate", "metrics", "models", "neuron"]
+           "evaluate", "metrics", "models", "neuron", "plot"]

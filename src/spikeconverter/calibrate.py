@@ -12,6 +12,7 @@ add nothing to the conversion error). Thresholds are then chosen on that sample:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -55,6 +56,143 @@ class Observer:
             idx = torch.topk(keys, self.sample_size, largest=False).indices
             vals, keys = vals[idx], keys[idx]
         self.sample, self.keys = vals, keys
+
+
+class ChannelObserver:
+    """Per channel (dim 1 of z): the exact mean and maximum of z, and a bounded uniform sample of
+    z itself, negative values included -- a bias correction shifts z, which moves values across 0.
+    Every channel has as many elements as every other, so the union of the per-channel samples is
+    also a uniform sample of the layer.
+
+    Paired mode (sequential calibration): a first pass of the float ANN hands the observer its
+    pre-activations (``capture``); the second pass, with the layers before quantized, samples z at
+    the same positions beside them, so a threshold can be judged against the float ANN's output."""
+
+    def __init__(self, sample_size: int = 2**20, seed: int = 0, signed: bool = False,
+                 min_per_channel: int = 4096, max_per_channel: int = 65_536, means_only: bool = False):
+        self.budget = (sample_size, min_per_channel, max_per_channel)
+        self.means_only = means_only  # a bias correction's quantized pass needs only the means
+        self.signed = signed
+        self.per_channel = 0  # sample size per channel, fixed at the first batch
+        self.sum = self.count = self.max = None
+        self.target_sum = None
+        self.sample = self.target = self.keys = None
+        self.capture = False  # the next update is the float ANN's z for the pairs
+        self._captured = None
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _channels(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.detach().double()
+        if self.signed:
+            z = z.abs()
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("calibration produced NaN/Inf activations (check the calibration data and the model)")
+        if z.dim() < 2:
+            return z.reshape(1, -1)
+        return z.transpose(0, 1).reshape(z.shape[1], -1)
+
+    @torch.no_grad()
+    def update(self, z: torch.Tensor) -> None:
+        if self.capture:
+            self._captured = self._channels(z)
+            return
+        zc = self._channels(z)
+        tc, self._captured = self._captured, None
+        C = zc.shape[0]
+        if self.sum is None:
+            total, lo, hi = self.budget
+            self.per_channel = max(lo, min(hi, total // C))
+            self.sum, self.count = torch.zeros(C, dtype=torch.float64), 0
+            self.max = torch.full((C,), -math.inf, dtype=torch.float64)
+            self.sample, self.keys = torch.empty(C, 0), torch.empty(C, 0)
+            if tc is not None:
+                self.target, self.target_sum = torch.empty(C, 0), torch.zeros(C, dtype=torch.float64)
+        self.sum += zc.sum(1)
+        self.count += zc.shape[1]
+        self.max = torch.maximum(self.max, zc.max(1).values)
+        if self.means_only:
+            return
+        keys = torch.cat([self.keys, torch.rand(zc.shape, generator=self.gen)], dim=1)
+        vals = torch.cat([self.sample, zc.float()], dim=1)
+        tgts = None
+        if self.target is not None:
+            if tc is None or tc.shape != zc.shape:
+                raise AssertionError("paired calibration: the float pass and the quantized pass disagree")
+            self.target_sum += tc.sum(1)
+            tgts = torch.cat([self.target, tc.float()], dim=1)
+        if vals.shape[1] > self.per_channel:
+            idx = torch.topk(keys, self.per_channel, dim=1, largest=False).indices
+            vals, keys = vals.gather(1, idx), keys.gather(1, idx)
+            tgts = None if tgts is None else tgts.gather(1, idx)
+        self.sample, self.keys, self.target = vals, keys, tgts
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def target_mean(self) -> torch.Tensor:
+        return self.target_sum / max(self.count, 1)
+
+
+def choose_channel_thresholds(obs: ChannelObserver, cap, spec, beta, timesteps, phi,
+                              shift: torch.Tensor | None = None, per_channel: bool = True):
+    """Thresholds from a ChannelObserver's sample after adding ``shift`` (the bias correction) to
+    it, judged against the ANN's activation of the same z -- or, paired, of the float ANN's z at the
+    same position. Returns (theta, error): theta a float32 tensor [C] (per channel) or a float (per
+    layer: the channels' samples pooled); error the mean squared error of q over the sample."""
+    sample = obs.sample.double()
+    top = obs.max.clone()
+    if shift is not None:
+        sample = sample + shift.double()[:, None]
+        top = top + shift.double()
+    sample = sample.float()
+    target = sample if obs.target is None else obs.target
+    if not per_channel:
+        sample, target, top = sample.reshape(1, -1), target.reshape(1, -1), top.max().reshape(1)
+    theta, err = _search(sample, target, top.float(), cap, spec, beta, timesteps, phi)
+    if not per_channel:
+        return float(theta[0]), float(err.mean())
+    return theta, float(err.mean())
+
+
+def _search(sample, target, top, cap, spec, beta, timesteps, phi):
+    """Per row of sample [C, S]: theta (float32 [C]) and its error [C]. See the module docstring."""
+    kind, p = parse_threshold(spec)
+    levels_sum = max_value(1.0, beta, timesteps)
+    top = top.clamp(min=0.0)
+    if cap is not None:
+        top = top.clamp(max=cap)
+    if kind == "max":
+        clip = top
+    elif kind == "percentile":
+        clip = torch.stack([torch.tensor(_percentile(row[row > 0], p), dtype=torch.float32) for row in sample])
+        clip = torch.minimum(clip, top)
+    else:
+        best_err = torch.full(top.shape, math.inf, dtype=torch.float64)
+        best_clip = top.clone()
+        grid = top[None, :] * torch.from_numpy(np.geomspace(1e-2, 1.0, 48)).float()[:, None]
+        for _ in range(2):  # coarse then fine, every channel at once
+            for c in grid:
+                err = _errors(sample, target, cap, (c / levels_sum).float(), beta, timesteps, phi)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_clip = torch.where(better, c, best_clip)
+            lo, hi = best_clip / 1.1, torch.minimum(top, best_clip * 1.1)
+            grid = lo[None, :] + (hi - lo)[None, :] * torch.linspace(0, 1, 21)[:, None]
+        clip = best_clip
+    dead = clip <= 0  # a dead channel: any threshold gives zero spikes and zero error
+    theta = (torch.where(dead, torch.ones_like(clip), clip) / levels_sum).float()
+    return theta, _errors(sample, target, cap, theta, beta, timesteps, phi)
+
+
+def _errors(sample: torch.Tensor, target: torch.Tensor, cap, theta: torch.Tensor, beta, timesteps, phi) -> torch.Tensor:
+    """Per row, mean (a - q(z))^2 over the sample [C, S]; a = the ANN's activation of ``target``."""
+    if sample.shape[1] == 0:
+        return torch.zeros(sample.shape[0], dtype=torch.float64)
+    q = quantize_fast(sample, theta[:, None], beta, timesteps, phi, exact=False)
+    a = target.clamp(min=0.0) if cap is None else target.clamp(0.0, cap)
+    return ((a - q).double() ** 2).mean(1)
 
 
 def parse_threshold(spec) -> tuple[str, float | None]:

@@ -50,7 +50,7 @@ def _evaluate(args) -> int:
     r = evaluate(model=args.model, dataset=args.dataset, timesteps=args.T, beta=_beta(args.beta), method=args.method,
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
-                 compile=not args.no_compile, download=args.download)
+                 compile=not args.no_compile, download=args.download, **_calibration(args))
     print(format_evaluate(r))
     if args.json:
         write_json(r, args.json)
@@ -73,13 +73,38 @@ def _sweep(args) -> int:
               calibration=args.calibration, data_root=args.data, quiet=args.quiet,
               extra_betas=tuple(float(b) for b in args.also_beta),
               extra_beta_timesteps=tuple(args.also_beta_T) if args.also_beta_T else None,
-              compile=not args.no_compile, download=args.download)
+              compile=not args.no_compile, download=args.download, **_calibration(args))
     print(format_sweep(r))
     if args.plot:
         plot_sweep(r, args.plot)
     if args.json:
         write_json(r, args.json)
     return 0
+
+
+def _show(args) -> int:
+    from . import convert
+    from .evaluate import _sized, calibration_data, load_dataset, load_model
+    from .plot import pipeline
+
+    if "." not in args.out or args.out.rsplit(".", 1)[-1].lower() not in ("png", "pdf", "svg"):
+        raise ValueError(f"--out {args.out}: use a .png, .pdf or .svg file name")
+    net, info = load_model(args.model, args.dataset, args.checkpoint)
+    test = load_dataset(args.dataset, "test", args.data, **_sized(args.dataset, info))
+    if not 0 <= args.image < len(test):
+        raise ValueError(f"--image must be in [0, {len(test) - 1}], got {args.image}")
+    x = test[args.image][0].unsqueeze(0)
+    calib = calibration_data(args.dataset, args.calibration, args.data, **_sized(args.dataset, info))
+    options = {} if args.method == "rate" else _calibration(args)
+    snn = convert(net, calib, timesteps=args.T, beta=_beta(args.beta), method=args.method, progress=not args.quiet,
+                  **options)
+    pipeline(snn, x, args.out)
+    print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}), test image {args.image}")
+    return 0
+
+
+def _calibration(args) -> dict:
+    return {k: getattr(args, k, None) for k in ("per_channel", "sequential", "bias_correction")}
 
 
 def _import_checkpoint(args) -> int:
@@ -125,6 +150,13 @@ def _common(p, T_default=8):
                    help="CIFAR-10/100: fetch the official release (md5-checked) if no copy is found")
     p.add_argument("--no-compile", action="store_true",
                    help="do not build the fused quantizer kernel (same results, slower fast path)")
+    c = p.add_argument_group("post-training calibration (two-phase method; default: per channel, bias correction)")
+    c.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="one threshold per channel (--no-per-channel: one per layer)")
+    c.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose thresholds depth by depth on the quantized layers' activations")
+    c.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="correct each layer's mean pre-activation to the float ANN's")
 
 
 class _UsageError(ValueError):
@@ -194,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time steps for the --also-beta rows (default: the same as -T)")
     s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
     s.set_defaults(func=_sweep)
+
+    sh = sub.add_parser("show", help="draw one input's run: per layer accumulate/generate windows, spike rasters, "
+                        "spikes and thresholds")
+    _common(sh)
+    sh.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=8, help="time steps (per phase)")
+    sh.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
+    sh.add_argument("--image", type=int, default=0, help="index of the test image to run")
+    sh.add_argument("--out", required=True, help="picture file (.png, .pdf, .svg)")
+    sh.set_defaults(func=_show)
 
     ic = sub.add_parser("import-checkpoint", help="convert a torch.save state dict (.pt/.pth) to safetensors, safely")
     ic.add_argument("src", help="the .pt/.pth file (loaded with weights_only=True: no code runs)")

@@ -8,6 +8,7 @@ switch every activation to its quantizer twin -> wrap with the simulators.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,17 +16,22 @@ from torch import nn
 
 from .calibrate import (
     BETA_CANDIDATES,
+    ChannelObserver,
     Observer,
     check_batch,
+    choose_channel_thresholds,
     choose_threshold,
     iterate_calibration,
     parse_threshold,
 )
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
-from .graph import GraphPlan, SpikeActivation, analyze, check_pools, prepare
-from .neuron import check_code_length, check_params, quantize_digits
+from .graph import GraphPlan, SpikeActivation, analyze, check_pools, pools_mixing_channels, prepare
+from .neuron import check_code_length, check_params
 
 METHODS = ("spikeconverter", "rate")
+# The two-phase method's post-training calibration by default (chosen by measurement:
+# benchmarks/calibration_ablation.py, docs/results.md). None in convert() means these.
+CALIBRATION_DEFAULTS = dict(per_channel=True, sequential=False, bias_correction=True)
 
 
 @dataclass
@@ -169,9 +175,7 @@ class SpikingNetwork(nn.Module):
         trains, hooks = {}, []
 
         def hook(mod, inp, out):
-            args = (mod.theta, mod.beta, mod.timesteps, mod.phi)
-            d = quantize_digits(inp[0], *args)
-            trains[mod.layer_name] = d - quantize_digits(-inp[0], *args) if mod.signed else d
+            trains[mod.layer_name] = mod.digits(inp[0])
 
         for m in qann.modules():
             if isinstance(m, SpikeActivation):
@@ -230,6 +234,17 @@ def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_poi
         parse_threshold(threshold)
 
 
+def calibration_options(method: str, per_channel=None, sequential=None, bias_correction=None) -> tuple:
+    """(per_channel, sequential, bias_correction) with None replaced by the method's default."""
+    given = dict(per_channel=per_channel, sequential=sequential, bias_correction=bias_correction)
+    if method != "spikeconverter":
+        if any(given.values()):
+            raise ValueError("per_channel, sequential and bias_correction apply to the two-phase method, "
+                             "not the rate baseline")
+        return False, False, False
+    return tuple(CALIBRATION_DEFAULTS[k] if v is None else bool(v) for k, v in given.items())
+
+
 def _beta_groups(plan: GraphPlan) -> dict:
     """Union-find: layers whose trains meet in one neuron must share beta. Returns node -> group id."""
     parent: dict = {}
@@ -251,49 +266,90 @@ def _beta_groups(plan: GraphPlan) -> dict:
     return {a: ids.setdefault(find(a), len(ids)) for a in plan.spikers}
 
 
-def _observe(plan: GraphPlan, mods: dict, calibration, progress: bool) -> tuple[tuple, dict]:
-    """Run the calibration data through the ANN with an observer on every spiking layer.
-    Returns (input shape, neurons per sample of each layer)."""
-    gm = plan.gm
-    param = next(iter(gm.parameters()), None)
-    dtype = param.dtype if param is not None else torch.float32
-    for m in mods.values():
-        m.observer = Observer(signed=m.signed)
-        m.mode = "observe"
-    input_shape, n_batches = None, 0
-    neurons: dict = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, a=a: neurons.__setitem__(a, out[0].numel()))
-             for a, m in mods.items()]
+def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
+    """The calibration batches, checked (finite, one shape, accepted by the model's pools), cast to
+    the network's precision. Yields (index, batch)."""
+    input_shape = None
     it = iterate_calibration(calibration)
     if progress:
         from tqdm import tqdm
 
         it = tqdm(it, desc="calibrate", leave=False)
+    for i, x in enumerate(it):
+        check_batch(x)
+        if input_shape is None:
+            input_shape = tuple(x.shape[1:])
+            try:
+                check_pools(plan, x[:1].to(dtype))  # a graph check that needs shapes: before the work
+            except (RuntimeError, IndexError) as e:
+                raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        elif tuple(x.shape[1:]) != input_shape:
+            raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
+        yield i, x.to(dtype)
+
+
+def _dtype(gm) -> torch.dtype:
+    param = next(iter(gm.parameters()), None)
+    return param.dtype if param is not None else torch.float32
+
+
+class _Enough(Exception):
+    """Raised by a hook once every observed layer has seen the batch: the rest of the pass is unused."""
+
+
+def _run(gm, batches, watch=None) -> dict:
+    """Run batches through gm (whatever modes its activations are in); returns, per spiking module,
+    the shape of its output for one sample. ``watch``: modules after which the pass may stop."""
+    shapes: dict = {}
+    pending: set = set()
+
+    def hook(mod, inp, out):
+        shapes[mod] = tuple(out.shape[1:])
+        if watch is not None:
+            pending.discard(mod)
+            if not pending:
+                raise _Enough
+
+    hooks = [m.register_forward_hook(hook) for m in gm.modules() if isinstance(m, SpikeActivation)]
+    n = 0
     try:
         with torch.no_grad():
-            for x in it:
-                check_batch(x)
-                if input_shape is None:
-                    input_shape = tuple(x.shape[1:])
-                    try:
-                        check_pools(plan, x[:1].to(dtype))  # a graph check that needs shapes: before the work
-                    except (RuntimeError, IndexError) as e:
-                        raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
-                                         f"{str(e).splitlines()[0]}") from None
-                elif tuple(x.shape[1:]) != input_shape:
-                    raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
+            for _, x in batches:
+                pending = set(watch or ())
                 try:
-                    gm(x.to(dtype))
+                    gm(x)
+                except _Enough:
+                    pass
                 except (RuntimeError, IndexError) as e:
                     raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
                                      f"{str(e).splitlines()[0]}") from None
-                n_batches += 1
+                n += 1
     finally:
         for h in hooks:
             h.remove()
-    if n_batches == 0:
+    if n == 0:
         raise ValueError("calibration data is empty")
-    return input_shape, neurons
+    return shapes
+
+
+def _observe(plan: GraphPlan, mods: dict, calibration, progress: bool) -> tuple[tuple, dict]:
+    """Run the calibration data through the ANN with an observer on every spiking layer.
+    Returns (input shape, neurons per sample of each layer)."""
+    gm = plan.gm
+    dtype = _dtype(gm)
+    for m in mods.values():
+        m.observer = Observer(signed=m.signed)
+        m.mode = "observe"
+    first = {}
+
+    def batches():
+        for i, x in _checked_batches(plan, calibration, dtype, progress):
+            first.setdefault("shape", tuple(x.shape[1:]))
+            yield i, x
+
+    shapes = _run(gm, batches())
+    return first["shape"], {a: math.prod(shapes[m]) for a, m in mods.items() if m in shapes}
 
 
 def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi) -> dict:
@@ -322,9 +378,118 @@ def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi
     return chosen
 
 
+def _channel_shape(theta: torch.Tensor, out_shape: tuple) -> torch.Tensor:
+    """Per-channel values [C] shaped to broadcast over dim 1 of a layer's z (batch first)."""
+    return theta.reshape((-1,) + (1,) * max(len(out_shape) - 1, 0))
+
+
+STAGE_BATCH = 128  # staged calibration holds a float pass's activations per batch: bound its size
+
+
+def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta, timesteps, phi, *,
+                      per_channel: bool, sequential: bool, bias_correction: bool, progress: bool):
+    """Thresholds per channel or per layer, chosen on the float ANN's activations or sequentially,
+    with optional bias correction. Every choice only sets thresholds and offsets of the quantizer
+    twin, so the SNN stays exactly equal to it.
+
+    - sequential: depth by depth, layer l's threshold minimises the error between q of the z that
+      the already-quantized layers before it produce and the float ANN's activation at the same
+      position (each batch is run twice: float, then quantized);
+    - bias correction: a per-channel constant added to each spiking layer's pre-activation so that
+      its mean over the calibration data equals the float ANN's (measured with the layers before
+      quantized, so it is staged by depth as well).
+
+    Returns (input shape, neurons per sample, {node: (theta, beta, error)}); sets each module's
+    theta, beta, timesteps, phi and shift."""
+    gm = plan.gm
+    dtype = _dtype(gm)
+    batches = [(i, c) for i, x in _checked_batches(plan, calibration, dtype, progress) for c in x.split(STAGE_BATCH)]
+    if not batches:
+        raise ValueError("calibration data is empty")
+    input_shape = tuple(batches[0][1].shape[1:])
+    mixed = pools_mixing_channels(plan, batches[0][1][:1]) if per_channel else set()
+    caps = {a: m.cap for a, m in mods.items()}
+
+    # the float ANN's activations: the threshold sample unless sequential, the means that bias
+    # correction aims at, and what beta search compares candidates on
+    float_obs = {}
+    if not sequential or beta == "search":
+        for m in mods.values():
+            m.observer, m.mode = ChannelObserver(signed=m.signed), "observe"
+        shapes = _run(gm, batches)
+        float_obs = {a: m.observer for a, m in mods.items()}
+    else:
+        for m in mods.values():
+            m.mode = "ann"
+        shapes = _run(gm, batches[:1])
+    neurons = {a: math.prod(shapes[m]) for a, m in mods.items() if m in shapes}
+
+    def choose(a, obs, b, shift=None):
+        return choose_channel_thresholds(obs, caps[a], threshold, b, timesteps, phi, shift=shift,
+                                         per_channel=per_channel and a not in mixed)
+
+    groups = _beta_groups(plan)
+    betas = {}
+    for gid in set(groups.values()):
+        members = [a for a in plan.spikers if groups[a] == gid]
+        if beta != "search":
+            betas.update({a: float(beta) for a in members})
+            continue
+        errs = {b: sum(choose(a, float_obs[a], b)[1] for a in members) for b in BETA_CANDIDATES}
+        best = min(errs, key=errs.get)
+        betas.update({a: best for a in members})
+
+    def setup(a, theta, shift):
+        m = mods[a]
+        shape = shapes[m]
+        m.theta = _channel_shape(theta, shape).to(dtype) if torch.is_tensor(theta) else theta
+        m.shift = None if shift is None else _channel_shape(shift, shape).to(dtype)
+        m.beta, m.timesteps, m.phi = betas[a], timesteps, phi
+
+    chosen = {}
+    if not sequential and not bias_correction:
+        for a in plan.spikers:
+            theta, err = choose(a, float_obs[a], betas[a])
+            setup(a, theta, None)
+            chosen[a] = (theta, betas[a], err)
+        return input_shape, neurons, chosen
+
+    def modes(stage, float_pass):
+        for a, m in mods.items():
+            if a in stage:
+                m.mode, m.observer.capture = "observe", float_pass
+            else:
+                m.mode = "quantize" if (a in chosen and not float_pass) else "ann"
+
+    for d in sorted({plan.depth[a] for a in plan.spikers}):
+        stage = [a for a in plan.spikers if plan.depth[a] == d]
+        for a in stage:
+            mods[a].observer = ChannelObserver(signed=mods[a].signed, means_only=not sequential)
+        watch = {mods[a] for a in stage}
+        for batch in batches:
+            if sequential:
+                modes(stage, float_pass=True)
+                _run(gm, [batch], watch=watch)
+            modes(stage, float_pass=False)
+            _run(gm, [batch], watch=watch)
+        for a in stage:
+            m, obs = mods[a], mods[a].observer
+            shift = None
+            if bias_correction and not m.signed:
+                aim = obs.target_mean if sequential else float_obs[a].mean
+                shift = (aim - obs.mean).float()
+            theta, err = choose(a, obs, betas[a], shift) if sequential else choose(a, float_obs[a], betas[a])
+            setup(a, theta, shift)
+            chosen[a] = (theta, betas[a], err)
+    for m in mods.values():
+        m.mode = "quantize"
+    return input_shape, neurons, chosen
+
+
 def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, threshold: str | None = None,
             method: str = "spikeconverter", phi: float = 0.5, input_coding: str = "analog",
-            progress: bool = False, fixed_point: bool = False) -> SpikingNetwork:
+            progress: bool = False, fixed_point: bool = False, per_channel: bool | None = None,
+            sequential: bool | None = None, bias_correction: bool | None = None) -> SpikingNetwork:
     """Convert a trained CNN into a spiking network.
 
     Args:
@@ -340,26 +505,51 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             sent as a signed T-step train of the same code).
         fixed_point: round weights, thresholds, biases and the input to power-of-two grids (float64)
             so that the simulator and the twin agree bit for bit by construction (fixed_point.py).
+        per_channel: one threshold per channel (dim 1) of each spiking layer, not one per layer
+            (layers whose channels share a max-pool window keep one). Off by default with
+            fixed_point (its grid is per layer).
+        sequential: choose each layer's threshold on the activations that the already-quantized
+            layers before it produce (depth by depth), not on the float ANN's.
+        bias_correction: add to each spiking layer's pre-activation the per-channel constant that
+            makes its mean over the calibration data equal to the float ANN's.
+        The last three apply to the two-phase method (None: CALIBRATION_DEFAULTS; the rate baseline
+        uses none of them). With any of them the calibration batches are kept in memory (they are
+        run once or twice per spiking depth).
     """
     _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point)
+    if fixed_point and per_channel is None:
+        # the fixed-point grid is one per layer: thresholds spread over channels would make it finer
+        # and leave float64's exact range at ResNet-size T = 8 (opt in with per_channel=True)
+        per_channel = False
+    per_channel, sequential, bias_correction = calibration_options(method, per_channel, sequential, bias_correction)
+    staged = per_channel or sequential or bias_correction
     if threshold is None:
         threshold = "mse" if method == "spikeconverter" else "percentile:99.99"
     plan = prepare(model, input_coding)  # unsupported ops fail here, before any numerical work
     gm = plan.gm
     mods = {a: gm.get_submodule(a.target) for a in plan.spikers}
-    input_shape, neurons = _observe(plan, mods, calibration, progress)
-    chosen = _choose(plan, mods, method, threshold, beta, timesteps, phi)
+    if staged:
+        input_shape, neurons, chosen = _calibrate_staged(
+            plan, mods, calibration, threshold, beta, timesteps, phi,
+            per_channel=per_channel, sequential=sequential, bias_correction=bias_correction, progress=progress)
+    else:
+        input_shape, neurons = _observe(plan, mods, calibration, progress)
+        chosen = _choose(plan, mods, method, threshold, beta, timesteps, phi)
+        for a in plan.spikers:
+            m = mods[a]
+            m.theta, m.beta, m.timesteps = chosen[a][0], chosen[a][1], timesteps
+            m.phi = phi if method == "spikeconverter" else 0.0
     groups = _beta_groups(plan)
 
     layers = []
     for a in plan.spikers:
         m = mods[a]
-        theta, b, err = chosen[a]
-        m.theta, m.beta, m.timesteps = theta, b, timesteps
-        m.phi = phi if method == "spikeconverter" else 0.0
         m.observer = None
-        layers.append(LayerInfo(m.layer_name, theta, b, m.phi, m.cap, neurons.get(a, 0), plan.depth[a], err, groups[a]))
+        layers.append(LayerInfo(m.layer_name, m.theta, m.beta, m.phi, m.cap, neurons.get(a, 0), plan.depth[a],
+                                chosen[a][2], groups[a]))
     snn = SpikingNetwork(plan, method, timesteps, layers, input_shape, input_coding, threshold)
+    snn.calibration = dict(threshold=threshold, per_channel=per_channel, sequential=sequential,
+                           bias_correction=bias_correction)
     if fixed_point:
         from . import fixed_point as fx_point
 

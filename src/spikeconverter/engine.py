@@ -274,7 +274,7 @@ class TwoPhaseSimulator:
             init = bias[s]
             if s in self.act:
                 a = self.act[s]
-                init = initial_potential(init, a.theta, a.beta, T, a.phi)
+                init = initial_potential(a.potential(init), a.theta, a.beta, T, a.phi)
             v_acc[s] = init * self.acc_beta[s] ** (-T)  # a fresh tensor, shaped as one slot's batch
 
     def _spikes(self, consumer, src, g, t, cur, trains):
@@ -288,6 +288,7 @@ class TwoPhaseSimulator:
 
     def _code_input(self, x, T):
         a = self.act[self.coder]
+        x = a.potential(x)
         pos, _ = generate(initial_potential(x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
         neg, _ = generate(initial_potential(-x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
         return pos - neg

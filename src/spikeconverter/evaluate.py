@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .convert import _check_args, convert
+from .convert import _check_args, calibration_options, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
 from .metrics import ENERGY_CONVENTION, CostModel, Report, neuron_spike_counts, report
 from .models import create, shipped_checkpoint
+
+CALIBRATION_KEYS = ("per_channel", "sequential", "bias_correction")
 
 
 def load_model(name: str, dataset: str, checkpoint: str | None = None):
@@ -31,6 +33,11 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None):
     meta = load_weights(model, path)
     keys = ("arch", "dataset", "test_acc", "epochs", "image_size")
     return model.eval(), {"checkpoint": _file_ref(path), **{k: meta.get(k) for k in keys}}
+
+
+def _plain(theta):
+    """A threshold for JSON: a number, or per channel a list."""
+    return theta.flatten().tolist() if hasattr(theta, "flatten") else theta
 
 
 def _file_ref(path: Path) -> str:
@@ -126,14 +133,16 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
              method: str = "spikeconverter", engine: str = "fast", checkpoint: str | None = None,
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
-             download: bool = False) -> dict:
+             download: bool = False, per_channel=None, sequential=None, bias_correction=None) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
-    ``compile``: the fused exact quantizer kernel for the fast path (same results, faster)."""
+    ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
+    ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults)."""
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
+    options = calibration_options(method, per_channel, sequential, bias_correction)
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
@@ -141,7 +150,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     t0 = time.time()
     snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
-                  progress=not quiet)
+                  progress=not quiet, **dict(zip(CALIBRATION_KEYS, options)))
     if compile:
         from .neuron import _compiled_kernel
 
@@ -166,11 +175,12 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
         "model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
         "method": method, "engine": engine, "timesteps": timesteps, "beta": snn.layers[0].beta if snn.layers else beta,
         "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold, "phi": phi,
+        "calibration_options": dict(zip(CALIBRATION_KEYS, options)),
         "test_images": len(test), "calibration_images": len(calib),
         "ann_accuracy": ann_acc, "snn_accuracy": acc.accuracy, "difference_pp": acc.accuracy - ann_acc,
         "spiking_depth": snn.spiking_depth, "latency_steps": snn.latency_steps, "steps_per_input": snn.steps_per_input,
         "energy_convention": ENERGY_CONVENTION, "seconds_convert": t_convert, "seconds_snn": t_snn,
-        "layers": [dict(name=la.name, theta=la.theta, beta=la.beta, neurons=la.neurons, depth=la.depth,
+        "layers": [dict(name=la.name, theta=_plain(la.theta), beta=la.beta, neurons=la.neurons, depth=la.depth,
                         calibration_mse=la.error) for la in snn.layers],
     }
     out.update(acc.figures())
@@ -181,7 +191,9 @@ def format_evaluate(r: dict) -> str:
     rows = [
         ("model / data", f"{r['model']} / {r['dataset']} ({r['test_images']} test images; calibration: "
                          f"{r['calibration_images']} training images)"),
-        ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']})"),
+        ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']}"
+                   + "".join(f", {k.replace('_', ' ')}" for k, v in r.get("calibration_options", {}).items() if v)
+                   + ")"),
         ("ANN accuracy", f"{r['ann_accuracy']:.2f} %"),
         ("SNN accuracy", f"{r['snn_accuracy']:.2f} %"),
         ("difference", f"{r['difference_pp']:+.2f} pp"),
@@ -213,7 +225,8 @@ def format_evaluate(r: dict) -> str:
 def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4, 5, 6, 8),
           rate_timesteps=(16, 32, 64, 128, 256, 512), beta=2.0, checkpoint=None, limit=None, rate_limit=None,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
-          extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False) -> dict:
+          extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False,
+          per_channel=None, sequential=None, bias_correction=None) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
 
@@ -232,12 +245,13 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     rate_test = _subset(test, rate_limit, seed) if rate_limit else test
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
+    options = dict(zip(CALIBRATION_KEYS, calibration_options("spikeconverter", per_channel, sequential, bias_correction)))
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)
     ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
     rows = []
     for b in (beta,) + tuple(extra_betas):
         for T in (timesteps if b == beta else extra_beta_timesteps):
-            snn = convert(net, calib, timesteps=T, beta=b).compile(compile)
+            snn = convert(net, calib, timesteps=T, beta=b, **options).compile(compile)
             cost = CostModel(snn.plan, snn.input_shape)
             acc = _Accumulator()
             with torch.no_grad():
@@ -275,7 +289,8 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                              images=len(rate_test)))
     return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
             "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
-            "rate_images": len(rate_test), "calibration_images": len(calib), "energy_convention": ENERGY_CONVENTION,
+            "rate_images": len(rate_test), "calibration_images": len(calib), "calibration_options": options,
+            "energy_convention": ENERGY_CONVENTION,
             "rows": rows}
 
 

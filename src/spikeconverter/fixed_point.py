@@ -8,7 +8,7 @@ no longer matters -- and the two engines agree to the last bit. What is rounded 
 function a little, identically for both engines):
 
 - weights: 12 significant bits per tensor (a per-tensor power-of-two scale),
-- thresholds: 12 significant bits,
+- thresholds: 12 significant bits (per channel: one grid per layer, 16 bits for the largest),
 - biases: to the grid 2^-E,
 - the analog input: to the grid 2^-INPUT_BITS.
 
@@ -42,6 +42,23 @@ def round_significant(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
         return t.clone(), 0
     f = bits - 1 - math.floor(math.log2(m))
     return torch.round(t * 2.0**f) / 2.0**f, f
+
+
+PER_CHANNEL_EXTRA_BITS = 4
+
+
+def round_each(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """Per-channel thresholds (all > 0) on one grid 2^-F: the largest gets ``bits`` +
+    PER_CHANNEL_EXTRA_BITS significant bits, a channel 16x smaller ``bits``, smaller ones fewer
+    (never 0). One grid per layer, not one per channel's magnitude: a channel thousands of times
+    smaller than the others would otherwise make every sum of the layer's sinks finer than float64
+    can hold. Returns (t, F)."""
+    t, f = round_significant(t, bits + PER_CHANNEL_EXTRA_BITS)
+    return torch.clamp(t, min=2.0**-f), f
+
+
+def _theta_max(act) -> float:
+    return float(act.theta.max()) if act.per_channel else act.theta
 
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -109,8 +126,12 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
         m = gm.get_submodule(a.target)
         if float(m.beta) not in (1.0, 2.0):
             raise ValueError(f"fixed_point needs beta = 2 or 1 (dyadic code weights), not {m.beta}")
-        t, f = round_significant(torch.tensor([m.theta], dtype=torch.float64), THETA_BITS)
-        m.theta = float(t)
+        if m.per_channel:  # each channel its own 12 significant bits; the layer's grid is the finest
+            t, f = round_each(m.theta.double(), THETA_BITS)
+            m.theta = t.to(m.theta.dtype)
+        else:
+            t, f = round_significant(torch.tensor([m.theta], dtype=torch.float64), THETA_BITS)
+            m.theta = float(t)
         grid[a] = f + timesteps + 1  # code step theta 2^-T, and the offset phi theta 2^-T (phi = 1/2)
     grid[plan.input] = INPUT_BITS
     for p in gm.graph.nodes:
@@ -120,7 +141,7 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
     def value_bound(src) -> tuple[float, float]:  # (constant, coefficient of max|x|)
         if plan.is_analog(src):
             return (0.0, 1.0)
-        return (max(gm.get_submodule(r.target).theta for r in plan.roots(src)), 0.0)
+        return (max(_theta_max(gm.get_submodule(r.target)) for r in plan.roots(src)), 0.0)
 
     bounds = []
     for sink, region in plan.regions.items():
@@ -148,7 +169,11 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
                     mod.bias.copy_((torch.round(mod.bias.double() * 2.0**e) / 2.0**e).to(mod.bias.dtype))
                 c += float(mod.bias.detach().abs().max())
         if sink in plan.activations:
-            c += gm.get_submodule(sink.target).theta  # the offset and the generate phase stay below theta
+            act = gm.get_submodule(sink.target)
+            c += _theta_max(act)  # the offset and the generate phase stay below theta
+            if act.shift is not None:  # the bias correction is a bias: on the same grid
+                act.shift = torch.round(act.shift.double() * 2.0**e).div(2.0**e).to(act.shift.dtype)
+                c += float(act.shift.abs().max())
         bounds.append((e, c, k))
     return bounds
 

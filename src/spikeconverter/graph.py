@@ -36,7 +36,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import ops
-from .neuron import quantize_compiled, quantize_fast
+from .neuron import quantize_compiled, quantize_digits, quantize_fast
 
 
 class UnsupportedOperationError(ValueError):
@@ -47,7 +47,13 @@ class SpikeActivation(nn.Module):
     """Stands where the ANN had ReLU or ReLU6 (or, with ``signed=True``, codes the input).
 
     mode "ann": the original activation. mode "observe": the same, and the observer sees z.
-    mode "quantize": q(z), the exact twin of the spiking layer (ReLU and the clip are part of q).
+    mode "quantize": q(z + shift), the exact twin of the spiking layer (ReLU and the clip are part of q).
+
+    ``theta`` is one threshold for the layer (a float) or one per channel (a tensor shaped to
+    broadcast over dim 1 of z, e.g. [C, 1, 1]; kept as a buffer so ``.double()``/``.to()`` reach it).
+    ``shift`` (None or per channel, like theta) is the bias correction: a constant added to the
+    pre-activation of the spiking layer only -- the float ANN (mode "ann") never sees it. The
+    simulator puts it into the initial potential with the bias.
     """
 
     def __init__(self, cap: float | None = None, signed: bool = False):
@@ -55,7 +61,9 @@ class SpikeActivation(nn.Module):
         self.cap = cap
         self.signed = signed
         self.mode = "ann"
-        self.theta: float | None = None
+        self._theta: float | None = None
+        self.register_buffer("theta_map", None)
+        self.register_buffer("shift", None)
         self.beta: float = 2.0
         self.timesteps: int = 1
         self.phi: float = 0.0
@@ -63,10 +71,32 @@ class SpikeActivation(nn.Module):
         self.compiled = False  # use the fused kernel (float32, beta = 2) for q
         self.layer_name = ""  # unique: the activation module's path (":k" for its k-th call) or the node's name
 
+    @property
+    def theta(self):
+        return self._theta if self.theta_map is None else self.theta_map
+
+    @theta.setter
+    def theta(self, value) -> None:
+        if torch.is_tensor(value) and value.dim() > 0:
+            self.theta_map, self._theta = value, None
+        else:
+            self.theta_map, self._theta = None, (None if value is None else float(value))
+
+    @property
+    def per_channel(self) -> bool:
+        return self.theta_map is not None
+
     def extra_repr(self) -> str:
         s = f"mode={self.mode}, cap={self.cap}"
+        if self.per_channel:
+            th = self.theta_map
+            s += f", theta=[{th.numel()} channels, {float(th.min()):.4g}..{float(th.max()):.4g}]"
+        elif self.theta is not None:
+            s += f", theta={self.theta:.6g}"
         if self.theta is not None:
-            s += f", theta={self.theta:.6g}, beta={self.beta}, T={self.timesteps}, phi={self.phi}"
+            s += f", beta={self.beta}, T={self.timesteps}, phi={self.phi}"
+        if self.shift is not None:
+            s += ", bias-corrected"
         return s + (", signed" if self.signed else "")
 
     def ann(self, z: torch.Tensor) -> torch.Tensor:
@@ -74,12 +104,24 @@ class SpikeActivation(nn.Module):
             return z
         return torch.relu(z) if self.cap is None else torch.clamp(z, 0.0, self.cap)
 
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """What the spiking neuron codes for pre-activation z: z plus the bias correction."""
+        return z if self.shift is None else z + self.shift
+
     def q(self, z: torch.Tensor) -> torch.Tensor:
         args = (self.theta, self.beta, self.timesteps, self.phi)
         f = quantize_compiled if self.compiled else quantize_fast
+        z = self.potential(z)
         if self.signed:  # two polarities: ON spikes code z+, OFF spikes code z-
             return f(z, *args) - f(-z, *args)
         return f(z, *args)
+
+    def digits(self, z: torch.Tensor) -> torch.Tensor:
+        """The twin's trains [T, *z.shape] for pre-activation z (signed for the input coder)."""
+        args = (self.theta, self.beta, self.timesteps, self.phi)
+        z = self.potential(z)
+        d = quantize_digits(z, *args)
+        return d - quantize_digits(-z, *args) if self.signed else d
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
@@ -560,6 +602,34 @@ def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
                 "concat along a spatial axis): their codes have different thresholds and do not compare like their "
                 "values. Pool each layer's output before concatenating.")
         ids[pool] = hi
+
+
+def pools_mixing_channels(plan: GraphPlan, x1: torch.Tensor) -> set:
+    """Spiking layers whose trains reach a max-pool window that holds several of their channels
+    (after a pixel shuffle, a flatten, ...): per-channel thresholds would make codes that do not
+    compare like their values there, so such layers keep one threshold."""
+    if not plan.pools:
+        return set()
+    shapes = node_shapes(plan.gm, x1)
+    stride = 2.0**24
+    ids, mixed = {}, set()
+    for i, s in enumerate(plan.spikers):
+        if s in shapes:
+            shape = shapes[s]
+            ch = torch.arange(shape[1] if len(shape) > 1 else 1, dtype=torch.float64)
+            ch = ch.reshape((1, -1) + (1,) * max(len(shape) - 2, 0)) if len(shape) > 1 else ch
+            ids[s] = (i + 1) * stride + torch.zeros(shape, dtype=torch.float64) + ch
+    for pool, region in plan.pools.items():
+        if plan.is_analog(pool):
+            continue
+        vals = {s: ids[s] for s in region.sources}
+        hi = run_region(plan.gm, region, vals)
+        lo = -run_region(plan.gm, region, vals, transform=_neg_silent_inf)
+        bad = (hi != lo) & (hi != 0)
+        for layer in torch.unique(torch.floor(hi[bad] / stride)).tolist():
+            mixed.add(plan.spikers[int(layer) - 1])
+        ids[pool] = hi
+    return mixed
 
 
 def _neg_silent_inf(node, args, kwargs):

@@ -25,7 +25,7 @@ import torch.fx as fx
 
 from . import ops
 from .graph import GraphPlan, Region, ancestors, node_shapes, run_region
-from .neuron import binary_word, popcount, quantize_digits
+from .neuron import binary_word, popcount
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -157,12 +157,10 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
             words[node] = binary_word(values[node], m.theta, m.timesteps)
             counts[node] = popcount(words[node], m.timesteps).to(values[node].dtype)
             continue
-        d = quantize_digits(zs[node], m.theta, m.beta, m.timesteps, m.phi)
+        d = m.digits(zs[node])  # signed for the input coder: ON minus OFF
         place = 2.0 ** torch.arange(m.timesteps - 1, -1, -1, dtype=torch.float64)
-        words[node] = torch.tensordot(place, d.double(), dims=([0], [0]))
-        if m.signed:
-            d = d + quantize_digits(-zs[node], m.theta, m.beta, m.timesteps, m.phi)
-        counts[node] = d.sum(0)
+        words[node] = torch.tensordot(place, d.clamp(min=0).double(), dims=([0], [0]))
+        counts[node] = d.abs().sum(0)
     T = snn.timesteps
     with torch.no_grad():
         for pool in gm.graph.nodes:

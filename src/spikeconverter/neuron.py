@@ -226,12 +226,16 @@ def _get_kernel():
     return _compiled_kernel or None
 
 
-def quantize_compiled(z: torch.Tensor, theta: float, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
+def quantize_compiled(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
     """q(z) in one fused pass where it is exact (beta = 2, float32, T <= 27); else ``quantize_fast``."""
     kernel = _get_kernel() if (float(beta) == 2.0 and z.dtype == torch.float32 and timesteps <= 27) else None
     if kernel is None:
         return quantize_fast(z, theta, beta, timesteps, phi)
     scale = 2.0**timesteps
+    if torch.is_tensor(theta) and theta.dim() > 0:  # per channel: tensors that broadcast over z
+        th = _theta_as_compared(theta, z).double()
+        off = (phi * theta * 2.0 ** (-timesteps)).to(z.dtype) if phi else torch.zeros((), dtype=z.dtype)
+        return kernel(z, off, th, *_scalars(scale, scale - 1), th / scale)
     off = phi * theta * 2.0 ** (-timesteps) if phi else 0.0  # as initial_potential forms it
     th = float(_theta_as_compared(theta, z))  # the neuron compares with theta rounded to float32
     return kernel(z, *_scalars(off, th, scale, scale - 1, th / scale))

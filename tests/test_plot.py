@@ -1,0 +1,54 @@
+"""The pipeline picture draws what the recorded run did."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import spikeconverter as sc  # noqa: E402
+from spikeconverter.plot import pipeline  # noqa: E402
+from test_cli import needs_shipped, run  # noqa: E402
+
+from nets import make  # noqa: E402
+
+
+@pytest.mark.parametrize("method,T", [("spikeconverter", 5), ("rate", 16)])
+def test_picture_draws_the_recorded_spikes(tmp_path, method, T):
+    model, shape = make("resnet_block", seed=2)
+    g = torch.Generator().manual_seed(3)
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=T, method=method)
+    x = torch.randn((1,) + shape, generator=g, dtype=torch.float64)
+    fig = pipeline(snn, x, tmp_path / "p.png", neurons=6)
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    res = snn.simulate(x, record=True)
+    assert set(fig.spike_data) == set(res.spike_counts)
+    drawn = 0
+    for name, d in fig.spike_data.items():
+        assert d["total"] == float(res.spike_counts[name].sum())  # the bar is the layer's spike count
+        train = res.spike_trains[name][:, 0].flatten(1)
+        start = 0 if method == "rate" else d["depth"] * T
+        assert d["generate_start"] == start
+        # every dot is a spike of the recorded train, and every spike of the sampled neurons is a dot
+        dots = {(t - start, d["neurons"][r]) for t, r in zip(d["times"], d["rows"])}
+        sampled = train[:, d["neurons"]]
+        want = {(int(t), d["neurons"][int(r)]) for t, r in zip(*(sampled != 0).nonzero(as_tuple=True))}
+        assert dots == want
+        drawn += len(dots)
+        if method == "spikeconverter":  # rows sorted by the value their code carries (MSB first)
+            place = 2.0 ** torch.arange(T - 1, -1, -1, dtype=torch.float64)
+            words = (place[:, None] * sampled.double()).sum(0)
+            assert bool((words[:-1] >= words[1:]).all())
+    assert drawn > 0
+
+
+@needs_shipped
+def test_show_command_draws_a_shipped_model(tmp_path):
+    out = tmp_path / "pipeline.png"
+    r = run("--threads", "2", "show", "--model", "resnet20", "-T", "4", "--image", "3", "--calibration", "64",
+            "--no-sequential", "--no-bias-correction", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "test image 3" in r.stdout and out.stat().st_size > 50_000
+    bad = run("show", "--out", str(tmp_path / "p.txt"))
+    assert bad.returncode == 2 and "--out" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
