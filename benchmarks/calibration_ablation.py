@@ -2,7 +2,8 @@
 correction, each on and off, on the shipped CIFAR-10 checkpoints, over several calibration samples.
 
     python benchmarks/calibration_ablation.py [--models resnet20 ...] [--timesteps 3 4 8]
-        [--seeds 0 1 2] [--limit N] [--calibration 512] [--configs base per_channel ...] [--write]
+        [--seeds 0 1 2] [--limit N] [--calibration 512] [--configs NAME ...] [--write] [--merge]
+    python benchmarks/calibration_ablation.py --render   # the table again from the stored JSON
 
 Every configuration converts the same float ANN with the same calibration images (seed s draws
 its own random 512 training images) and is measured through the exact fast path on the same test
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from spikeconverter import convert
+from spikeconverter.convert import CALIBRATION_DEFAULTS
 from spikeconverter.evaluate import _batches, _subset, calibration_data, load_dataset, load_model
 
 import _common
@@ -98,7 +100,7 @@ def merge(old: dict, new: dict) -> dict:
 
 def markdown(r: dict) -> list[str]:
     seeds = sorted({row["seed"] for m in r["models"].values() for row in m["rows"]})
-    lines = [f"Measured {r['date']} on {r['machine']} by `python benchmarks/calibration_ablation.py --write`. "
+    lines = [f"Last part measured {r['date']} on {r['machine']} by `python benchmarks/calibration_ablation.py --write`. "
              f"Each cell: SNN - ANN in pp, mean over {len(seeds)} calibration samples ({r['calibration_images']} "
              "random training images each, seeds " + ", ".join(map(str, seeds)) + ") and, in brackets, the worst "
              "of them (fewer samples where stated). beta = 2, phi = 1/2, threshold = mse. Convert: wall seconds "
@@ -115,7 +117,17 @@ def markdown(r: dict) -> list[str]:
                 n = "" if len(d) == len(seeds) else f", {len(d)} sample{'s' if len(d) > 1 else ''}"
                 cells.append(f"{statistics.mean(d):+.2f} ({min(d):+.2f}{n})" if d else "")
             secs = [row["seconds_convert"] for row in m["rows"] if row["config"] == name]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(secs):.0f} |")
+            label = name + (" **(default)**" if r["configs"][name] == CALIBRATION_DEFAULTS else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {statistics.mean(secs):.0f} |")
+        lines.append("")
+        for name in r["configs"]:
+            worst = {t: min((row["difference_pp"] for row in m["rows"] if row["config"] == name and row["timesteps"] == t),
+                            default=None) for t in Ts}
+            ok = [t for t, w in worst.items() if w is not None and w >= -0.5]
+            if any(w is not None for w in worst.values()):
+                lines.append(f"- {name}: lowest measured T within 0.5 pp in every sample: "
+                             f"{min(ok) if ok else 'none of ' + str(Ts)}"
+                             + (f"; worst at T = 8: {worst[8]:+.2f} pp" if worst.get(8) is not None else ""))
         lines.append("")
     return lines
 
@@ -143,12 +155,18 @@ def main():
     ap.add_argument("--calibration", type=int, default=512)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rewrite the table from docs/calibration_ablation.json")
     ap.add_argument("--note", default="", help="a sentence on the conditions (e.g. a job running beside)")
     ap.add_argument("--merge", action="store_true",
                     help="add these rows to docs/calibration_ablation.json (same model, test set and calibration size)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.render:
+        r = json.loads((DOCS / "calibration_ablation.json").read_text())
+        print("\n".join(markdown(r)))
+        write(r)
+        return
     r = run(a.models, a.timesteps, a.seeds, a.configs, a.limit, a.calibration)
     r["note"] = a.note
     if a.merge:

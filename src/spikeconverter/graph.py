@@ -578,16 +578,13 @@ def _check_pool_region(gm, pool, region, inp, coder) -> None:
                 "upsampling of ReLU outputs) is exact; a max-pool followed directly by ReLU is moved after it.")
 
 
-def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
-    """Every max-pool window must hold trains of one layer (or silent padding): codes of layers with
-    different thresholds do not compare like their values. Checked once on one input's shapes."""
-    if not plan.pools:
-        return
+def _mixed_windows(plan: GraphPlan, x1: torch.Tensor, label) -> list:
+    """Per max-pool on trains: (pool, max label in each window, windows whose real neurons carry
+    different labels). ``label(i, shape)`` gives the i-th spiking layer's neurons their labels
+    (> 0; silent padding is 0). Computed once on one input's shapes."""
     shapes = node_shapes(plan.gm, x1)
-    ids = {}
-    for i, s in enumerate(plan.spikers):
-        if s in shapes:
-            ids[s] = torch.full(shapes[s], float(i + 1), dtype=torch.float64)
+    ids = {s: label(i, shapes[s]) for i, s in enumerate(plan.spikers) if s in shapes}
+    out = []
     for pool, region in plan.pools.items():
         if plan.is_analog(pool):
             continue
@@ -595,13 +592,31 @@ def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
         hi = run_region(plan.gm, region, vals)
         # silent padding is 0; for the minimum over real neurons it must never win, so mark it +inf
         lo = -run_region(plan.gm, region, vals, transform=_neg_silent_inf)
-        mixed = (hi != lo) & (hi != 0)
+        out.append((pool, hi, (hi != lo) & (hi != 0)))
+        ids[pool] = hi
+    return out
+
+
+def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
+    """Every max-pool window must hold trains of one layer (or silent padding): codes of layers with
+    different thresholds do not compare like their values."""
+    if not plan.pools:
+        return
+    for pool, _, mixed in _mixed_windows(plan, x1, lambda i, shape: torch.full(shape, float(i + 1), dtype=torch.float64)):
         if bool(mixed.any()):
             raise UnsupportedOperationError(
                 f"{ops.describe(plan.gm, pool)} has windows that mix the spike trains of different layers (e.g. a "
                 "concat along a spatial axis): their codes have different thresholds and do not compare like their "
                 "values. Pool each layer's output before concatenating.")
-        ids[pool] = hi
+
+
+_LAYER_STRIDE = 2.0**24  # label = layer * stride + channel: exact in float64
+
+
+def _channel_labels(i: int, shape) -> torch.Tensor:
+    ch = torch.arange(shape[1] if len(shape) > 1 else 1, dtype=torch.float64)
+    ch = ch.reshape((1, -1) + (1,) * max(len(shape) - 2, 0)) if len(shape) > 1 else ch
+    return (i + 1) * _LAYER_STRIDE + torch.zeros(shape, dtype=torch.float64) + ch
 
 
 def pools_mixing_channels(plan: GraphPlan, x1: torch.Tensor) -> set:
@@ -610,25 +625,10 @@ def pools_mixing_channels(plan: GraphPlan, x1: torch.Tensor) -> set:
     compare like their values there, so such layers keep one threshold."""
     if not plan.pools:
         return set()
-    shapes = node_shapes(plan.gm, x1)
-    stride = 2.0**24
-    ids, mixed = {}, set()
-    for i, s in enumerate(plan.spikers):
-        if s in shapes:
-            shape = shapes[s]
-            ch = torch.arange(shape[1] if len(shape) > 1 else 1, dtype=torch.float64)
-            ch = ch.reshape((1, -1) + (1,) * max(len(shape) - 2, 0)) if len(shape) > 1 else ch
-            ids[s] = (i + 1) * stride + torch.zeros(shape, dtype=torch.float64) + ch
-    for pool, region in plan.pools.items():
-        if plan.is_analog(pool):
-            continue
-        vals = {s: ids[s] for s in region.sources}
-        hi = run_region(plan.gm, region, vals)
-        lo = -run_region(plan.gm, region, vals, transform=_neg_silent_inf)
-        bad = (hi != lo) & (hi != 0)
-        for layer in torch.unique(torch.floor(hi[bad] / stride)).tolist():
+    mixed = set()
+    for _, hi, bad in _mixed_windows(plan, x1, _channel_labels):
+        for layer in torch.unique(torch.floor(hi[bad] / _LAYER_STRIDE)).tolist():
             mixed.add(plan.spikers[int(layer) - 1])
-        ids[pool] = hi
     return mixed
 
 

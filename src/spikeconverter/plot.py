@@ -123,7 +123,7 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
         title = (f"{kind}\nT = {T}, {n_layers} spiking layers (depth L = {L}); raster: {k} neurons per layer "
                  "(a random sample of those that spiked, sorted by the value they code)")
     fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.12, right=0.98, top=1 - 0.75 / height, bottom=0.6 / height)
+    fig.subplots_adjust(left=0.12, right=0.98, top=1 - 0.75 / height, bottom=0.85 / height)
     fig.spike_data = data
     fig.spike_counts = {k_: float(v.sum()) for k_, v in res.spike_counts.items()}
     if path is not None:
