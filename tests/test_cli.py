@@ -51,6 +51,8 @@ def test_evaluate_on_a_subset(tmp_path):
         assert label in r.stdout
     d = json.loads(out.read_text())
     assert d["test_images"] == 200 and d["latency_steps"] == 120 and d["snn_accuracy"] > 50
+    assert d["calibration_options"] == dict(per_channel=True, sequential=False, bias_correction=True)  # the default
+    assert isinstance(d["layers"][0]["theta"], list)  # per channel
     assert abs(d["difference_pp"] - (d["snn_accuracy"] - d["ann_accuracy"])) < 1e-9
 
 
@@ -72,9 +74,11 @@ def test_evaluate_simulate_engine_agrees_with_fast(tmp_path):
 def test_sweep_table_plot_json(tmp_path):
     png, js = tmp_path / "p.png", tmp_path / "s.json"
     r = run("--threads", "2", "sweep", "-T", "2", "4", "--rate-T", "8", "16", "--also-beta", "1", "--limit", "100",
-            "--rate-limit", "50", "--calibration", "64", "--plot", str(png), "--json", str(js), "--quiet")
+            "--rate-limit", "50", "--calibration", "64", "--plot", str(png), "--json", str(js), "--quiet",
+            "--no-per-channel", "--no-bias-correction")  # the v0.1 calibration: quicker, and the flags reach sweep
     assert r.returncode == 0, r.stderr
     d = json.loads(js.read_text())
+    assert d["calibration_options"] == dict(per_channel=False, sequential=False, bias_correction=False)
     assert [(row["method"], row["timesteps"]) for row in d["rows"]] == [
         ("spikeconverter", 2), ("spikeconverter", 4), ("spikeconverter beta=1", 2), ("spikeconverter beta=1", 4),
         ("rate", 8), ("rate", 16)]
