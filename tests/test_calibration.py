@@ -85,43 +85,45 @@ def test_families_convert_exactly_with_all_three(name):
     check_copies(snn, x, res)
 
 
+def channel_means(net, x, corrected: bool, absmax: dict | None = None) -> dict:
+    """Per spiking layer, the per-channel mean of its pre-activation (with the bias correction's
+    shift added if ``corrected``) when ``net`` runs on x; ``absmax`` collects max |z| per layer."""
+    means, hooks = {}, []
+
+    def hook(mod, inp, out):
+        z = (mod.potential(inp[0]) if corrected else inp[0]).detach()
+        means[mod.layer_name] = z.transpose(0, 1).flatten(1).mean(1)
+        if absmax is not None:
+            absmax[mod.layer_name] = float(z.abs().max())
+
+    for m in net.modules():
+        if isinstance(m, SpikeActivation):
+            hooks.append(m.register_forward_hook(hook))
+    net(x)
+    for h in hooks:
+        h.remove()
+    return means
+
+
 def test_bias_correction_matches_the_float_means():
     """Sequential + bias correction: on the calibration data, each layer's corrected pre-activation
     (the layers before quantized) has the float ANN's per-channel mean."""
     model, shape = make("resnet_block", seed=5)
     calib = data(shape, 64, seed=6)
     snn = sc.convert(model, calib, timesteps=3, per_channel=False, sequential=True, bias_correction=True)
-    zq, zf = {}, {}
-
-    def grab(store):
-        def hook(mod, inp, out):
-            store[mod.layer_name] = mod.potential(inp[0]) if store is zq else inp[0]
-        return hook
-
-    for net, store in ((snn.quantized_ann(), zq), (snn.ann(), zf)):
-        hs = [m.register_forward_hook(grab(store)) for m in net.modules() if isinstance(m, SpikeActivation)]
-        net(calib)
-        for h in hs:
-            h.remove()
+    mq = channel_means(snn.quantized_ann(), calib, corrected=True)
+    zmax: dict = {}
+    mf = channel_means(snn.ann(), calib, corrected=False, absmax=zmax)
     corrected = 0
-    for name in zq:
-        mq, mf = zq[name].transpose(0, 1).flatten(1).mean(1), zf[name].transpose(0, 1).flatten(1).mean(1)
-        assert torch.allclose(mq, mf, atol=1e-5 * float(zf[name].detach().abs().max())), name
+    for name in mq:
+        assert torch.allclose(mq[name], mf[name], atol=1e-5 * zmax[name]), name
         corrected += acts(snn)[name].shift is not None
-    assert corrected == len(zq)
+    assert corrected == len(mq)
     # without the correction the quantized layers do shift the means (the test has something to fix)
     plain = sc.convert(model, calib, timesteps=3, per_channel=False, sequential=True, bias_correction=False)
-    h = {}
-    mods = [m for m in plain.quantized_ann().modules() if isinstance(m, SpikeActivation)]
-    qann = plain.quantized_ann()
-    hs = [m.register_forward_hook(lambda mod, inp, out: h.__setitem__(mod.layer_name, inp[0]))
-          for m in qann.modules() if isinstance(m, SpikeActivation)]
-    qann(calib)
-    for hook in hs:
-        hook.remove()
-    assert mods
-    gaps = [float((h[n].transpose(0, 1).flatten(1).mean(1) - zf[n].transpose(0, 1).flatten(1).mean(1)).abs().max())
-            for n in h if n != snn.layers[0].name]
+    mp = channel_means(plain.quantized_ann(), calib, corrected=False)
+    assert mp
+    gaps = [float((mp[n] - mf[n]).abs().max()) for n in mp if n != snn.layers[0].name]
     assert max(gaps) > 1e-3
 
 

@@ -127,9 +127,8 @@ class SpikingNetwork(nn.Module):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"input holds {int((~torch.isfinite(x)).sum())} NaN/Inf values; both engines refuse "
                              "non-finite input")
-        param = next(iter(self.gm.parameters()), None)
-        if param is not None and x.dtype != param.dtype:
-            x = x.to(param.dtype)  # the network's precision: what it was converted (and thresholds rounded) for
+        if next(iter(self.gm.parameters()), None) is not None and x.dtype != _dtype(self.gm):
+            x = x.to(_dtype(self.gm))  # the network's precision: what it was converted (and thresholds rounded) for
         if self.exact_bounds is None:
             return x
         from .fixed_point import check_bounds, round_input
@@ -282,11 +281,14 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
             try:
                 check_pools(plan, x[:1].to(dtype))  # a graph check that needs shapes: before the work
             except (RuntimeError, IndexError) as e:
-                raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
-                                 f"{str(e).splitlines()[0]}") from None
+                raise _rejected(x, e) from None
         elif tuple(x.shape[1:]) != input_shape:
             raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
         yield i, x.to(dtype)
+
+
+def _rejected(x: torch.Tensor, e: Exception) -> ValueError:
+    return ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: {str(e).splitlines()[0]}")
 
 
 def _dtype(gm) -> torch.dtype:
@@ -322,8 +324,7 @@ def _run(gm, batches, watch=None) -> dict:
                 except _Enough:
                     pass
                 except (RuntimeError, IndexError) as e:
-                    raise ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: "
-                                     f"{str(e).splitlines()[0]}") from None
+                    raise _rejected(x, e) from None
                 n += 1
     finally:
         for h in hooks:
