@@ -4,6 +4,7 @@
     snn = sc.convert(model, calibration, timesteps=8, beta=2.0)
     logits = snn(x)              # exact fast path (the quantizer twin)
     res = snn.simulate(x)        # time-stepped two-phase simulation
+    snn.save("net.snn"); snn = sc.load("net.snn")   # a file without pickle, bit for bit
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ from . import data, evaluate, metrics, models, neuron, plot  # noqa: E402
 from .convert import LayerInfo, SpikingNetwork, convert  # noqa: E402
 from .engine import SimulationResult  # noqa: E402
 from .graph import UnsupportedOperationError  # noqa: E402
+from .serialize import SnnFileError, load  # noqa: E402
 
-__all__ = ["LayerInfo", "SimulationResult", "SpikingNetwork", "UnsupportedOperationError", "convert", "data",
-           "evaluate", "metrics", "models", "neuron", "plot"]
+__all__ = ["LayerInfo", "SimulationResult", "SpikingNetwork", "SnnFileError", "UnsupportedOperationError", "convert",
+           "data", "evaluate", "load", "metrics", "models", "neuron", "plot"]

@@ -116,6 +116,22 @@ class SpikingNetwork(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, self.input_shape))})")
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's; the per-layer records then follow the loaded thresholds."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        acts = {m.layer_name: m for m in self._acts()}
+        for info in self.layers:
+            m = acts[info.name]
+            info.theta, info.beta, info.phi = m.theta, m.beta, m.phi
+        return result
+
+    def save(self, path, extra: dict | None = None) -> None:
+        """Write the network to one safetensors file, no pickle (``spikeconverter.load`` reads it
+        back bit for bit, without the model's class). ``extra``: JSON-able notes kept with it."""
+        from .serialize import save
+
+        save(self, path, extra)
+
     # -- running -------------------------------------------------------------------------------
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Both engines see the same input: a floating tensor in the network's precision, finite

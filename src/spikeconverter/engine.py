@@ -117,7 +117,7 @@ class RateMaxPool:
             self.counts[src] = s.clone() if c is None else c + s
         (counts_in, *rest), kwargs = self._pool_call(self.counts)
         (spikes_in, *_), _ = self._pool_call(spikes)
-        _, idx = self.pool_op(counts_in, *rest, **kwargs, **self.kw)
+        _, idx = self.pool_op(counts_in, *rest, **{**kwargs, **self.kw})  # F.max_pool* traced with return_indices=False
         out = torch.gather(spikes_in.flatten(2), 2, idx.flatten(2))
         return out.view(idx.shape)
 

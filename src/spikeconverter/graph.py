@@ -99,6 +99,28 @@ class SpikeActivation(nn.Module):
             s += ", bias-corrected"
         return s + (", signed" if self.signed else "")
 
+    # -- state_dict: complete, so a converted network's state_dict round-trips its thresholds ----
+    def get_extra_state(self) -> dict:
+        # the neuron's scalars (a per-layer theta is a float, not a tensor); theta_map and shift
+        # are buffers and travel as tensors
+        return {"theta": self._theta, "beta": self.beta, "timesteps": self.timesteps, "phi": self.phi,
+                "mode": self.mode}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.beta, self.timesteps, self.phi, self.mode = state["beta"], state["timesteps"], state["phi"], state["mode"]
+        if state["theta"] is not None:
+            self.theta = state["theta"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # theta_map / shift are registered as None until set: where the state_dict holds them they
+        # get the saved shape first (the loader then copies the values in), where not they are cleared
+        for name in ("theta_map", "shift"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+            elif name in self._buffers:
+                setattr(self, name, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def ann(self, z: torch.Tensor) -> torch.Tensor:
         if self.signed:
             return z
