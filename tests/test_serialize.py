@@ -11,10 +11,10 @@ import torch
 
 import spikeconverter as sc
 from spikeconverter.serialize import SnnFileError
+from test_user_models import PATTERNS, pattern
 
 from families import FAMILIES, REFUSED, build
 from nets import NETS, make
-from test_user_models import PATTERNS, pattern
 
 CONVERTED = sorted(set(FAMILIES) - REFUSED)
 QUICK_FAMILIES = ["densenet", "googlenet", "resnet18", "shufflenet_v2"]
