@@ -17,7 +17,7 @@ def run(*args):
 def test_help():
     r = run("--help")
     assert r.returncode == 0 and "evaluate" in r.stdout and "sweep" in r.stdout and "train" in r.stdout
-    for cmd in ("evaluate", "sweep", "train", "demo"):
+    for cmd in ("evaluate", "sweep", "train", "demo", "convert", "finetune"):
         assert run(cmd, "--help").returncode == 0
 
 
@@ -246,3 +246,39 @@ def test_readme_api_snippet_defines_x_before_using_it():
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = text.split("```python", 1)[1].split("```", 1)[0]
     assert block.index("x, y = ") < block.index("snn(x)")
+
+
+@needs_shipped
+def test_convert_saves_a_file_that_evaluate_measures_unchanged(tmp_path):
+    net = tmp_path / "r20.snn"
+    fast = ["--no-per-channel", "--no-bias-correction", "--calibration", "64", "--quiet"]
+    r = run("--threads", "1", "convert", "--model", "resnet20", "-T", "4", "--out", str(net), *fast)
+    assert r.returncode == 0 and "evaluate --snn" in r.stdout, r.stderr
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert run("--threads", "1", "evaluate", "--snn", str(net), "--limit", "100", "--json", str(a),
+               "--quiet", "--no-compile").returncode == 0
+    assert run("--threads", "1", "evaluate", "--model", "resnet20", "-T", "4", "--limit", "100", "--json", str(b),
+               "--no-compile", *fast).returncode == 0
+    da, db = json.loads(a.read_text()), json.loads(b.read_text())
+    for k in ("snn_accuracy", "ann_accuracy", "spikes", "sops", "latency_steps", "timesteps", "model", "dataset"):
+        assert da[k] == db[k], k  # the file is the network the same command would convert
+    assert da["snn_file"].startswith("r20.snn (sha256") and "/" not in da["snn_file"]
+    r = run("--threads", "1", "evaluate", "--snn", str(net), "-T", "8", "--limit", "10", "--quiet")
+    assert r.returncode == 2 and "converted for T = 4" in r.stderr and r.stderr.count("\n") == 1
+
+
+@needs_shipped
+def test_finetune_cli_writes_a_network_that_evaluate_reads(tmp_path):
+    out = tmp_path / "ft.snn"
+    r = run("--threads", "1", "finetune", "--model", "resnet20", "-T", "2", "--epochs", "1", "--train-limit", "256",
+            "--limit", "100", "--calibration", "64", "--no-per-channel", "--no-bias-correction", "--out", str(out),
+            "--quiet")
+    assert r.returncode == 0 and "fine-tuned at T = 2" in r.stdout, r.stderr
+    assert out.exists() and (tmp_path / "ft.snn.optim").exists()
+    j = tmp_path / "ft.json"
+    r = run("--threads", "1", "evaluate", "--snn", str(out), "--limit", "100", "--json", str(j), "--quiet",
+            "--no-compile")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(j.read_text())
+    assert d["timesteps"] == 2 and d["finetune"]["epochs"] == 1 and len(d["finetune"]["train_loss"]) == 1
+    assert d["model"] == "resnet20" and d["latency_steps"] == 2 * (d["spiking_depth"] + 1)

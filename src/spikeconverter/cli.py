@@ -47,10 +47,12 @@ def _positive(name):
 def _evaluate(args) -> int:
     from .evaluate import evaluate, format_evaluate, write_json
 
-    r = evaluate(model=args.model, dataset=args.dataset, timesteps=args.T, beta=_beta(args.beta), method=args.method,
+    snn = getattr(args, "snn", None)
+    T = args.T if args.T is not None else (None if snn else 8)
+    r = evaluate(model=args.model, dataset=args.dataset, timesteps=T, beta=_beta(args.beta), method=args.method,
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
-                 compile=not args.no_compile, download=args.download, **_calibration(args))
+                 compile=not args.no_compile, download=args.download, snn=snn, **_calibration(args))
     print(format_evaluate(r))
     if args.json:
         write_json(r, args.json)
@@ -100,6 +102,63 @@ def _show(args) -> int:
                   **options)
     pipeline(snn, x, args.out)
     print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}), test image {args.image}")
+    return 0
+
+
+def _source(args, info: dict, n_calib: int | None) -> dict:
+    """What a network file records about where it came from (names and hashes, no paths)."""
+    return {"model": args.model, "dataset": args.dataset, "checkpoint": info.get("checkpoint"),
+            "image_size": info.get("image_size"), "calibration_images": n_calib}
+
+
+def _convert(args) -> int:
+    from . import convert
+    from .evaluate import _sized, calibration_data, load_model
+
+    net, info = load_model(args.model, args.dataset, args.checkpoint)
+    calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
+                             **_sized(args.dataset, info))
+    options = {} if args.method == "rate" else _calibration(args)
+    snn = convert(net, calib, timesteps=args.T, beta=_beta(args.beta), method=args.method, threshold=args.threshold,
+                  phi=args.phi, progress=not args.quiet, **options)
+    snn.save(args.out, extra=_source(args, info, len(calib)))
+    print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}, {len(snn.layers)} spiking layers, latency "
+          f"{snn.latency_steps} steps); measure it with: spikeconverter evaluate --snn {args.out}")
+    return 0
+
+
+def _finetune(args) -> int:
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .evaluate import _sized, _subset, calibration_data, load_model
+    from .finetune import FinetuneConfig, finetune
+    from .train import balanced_subset
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    net, info = load_model(args.model, args.dataset, args.checkpoint)
+    sized = _sized(args.dataset, info)
+    train = load_dataset(args.dataset, "train", args.data, download=args.download, **sized)
+    if args.train_limit is not None:
+        train = balanced_subset(train, args.train_limit, args.seed)
+    test = _subset(load_dataset(args.dataset, "test", args.data, **sized), args.limit, args.seed)
+    cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, theta_lr=args.theta_lr, batch_size=args.batch_size,
+                         weight_decay=args.weight_decay, seed=args.seed)
+    resume = args.resume and Path(args.out).exists()
+    calib = None if resume else calibration_data(args.dataset, args.calibration, args.data, download=args.download,
+                                                 **sized)
+    snn = finetune(net, train, timesteps=args.T, epochs=args.epochs, calibration=calib, eval_data=test, out=args.out,
+                   resume=resume, progress=not args.quiet, stop_after=args.stop_after, config=cfg,
+                   source=_source(args, info, None if calib is None else len(calib)), beta=_beta(args.beta),
+                   **_calibration(args))
+    hist = snn.calibration["finetune"]["history"]
+    last = hist[-1] if hist else {}
+    print(f"{args.model} fine-tuned at T = {snn.timesteps}: epoch {snn.calibration['finetune']['epoch']}/{args.epochs}"
+          + (f", test accuracy (exact twin, {len(test)} images) {last['eval_acc']:.2f} %" if "eval_acc" in last else "")
+          + f"; wrote {args.out} (evaluate it with: spikeconverter evaluate --snn {args.out})")
     return 0
 
 
@@ -208,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="convert a model and report accuracy, latency, spikes, SOPs, energy")
     _common(e)
-    e.add_argument("-T", "--timesteps", dest="T", type=int, default=8, help="time steps (per phase)")
+    e.add_argument("-T", "--timesteps", dest="T", type=int, default=None, help="time steps (per phase; default 8)")
+    e.add_argument("--snn", default=None, help="measure this network file (convert/finetune --out) as it is: "
+                   "no conversion; model and dataset from the file")
     e.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
     e.add_argument("--engine", choices=["fast", "simulate"], default="fast",
                    help="fast: the exact twin; simulate: the time-stepped spiking network")
@@ -235,6 +296,34 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--image", type=int, default=0, help="index of the test image to run")
     sh.add_argument("--out", required=True, help="picture file (.png, .pdf, .svg)")
     sh.set_defaults(func=_show)
+
+    cv = sub.add_parser("convert", help="convert a model and save the spiking network to one file (no pickle)")
+    _common(cv)
+    cv.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=8, help="time steps (per phase)")
+    cv.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
+    cv.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
+    cv.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    cv.add_argument("--out", required=True, help="the network file to write (e.g. net.snn)")
+    cv.set_defaults(func=_convert)
+
+    ft = sub.add_parser("finetune", help="fine-tune the quantized twin for few time steps (learned thresholds, "
+                        "straight-through gradients); writes a network file every epoch")
+    _common(ft)
+    ft.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=3, help="time steps (per phase)")
+    ft.add_argument("--epochs", type=_positive("--epochs"), default=2, help="epochs (the cosine schedule spans them)")
+    ft.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of weights and shifts (cosine to 0)")
+    ft.add_argument("--theta-lr", type=float, default=0.002, help="Adam learning rate of the log-thresholds")
+    ft.add_argument("--batch-size", type=_positive("--batch-size"), default=128, help="images per step")
+    ft.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay on weights (AdamW)")
+    ft.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation")
+    ft.add_argument("--train-limit", type=_positive("--train-limit"), default=None,
+                    help="train on a fixed random, class-balanced subset of N training images (smoke runs)")
+    ft.add_argument("--out", required=True, help="the network file (rewritten every epoch; optimiser state beside it)")
+    ft.add_argument("--resume", action="store_true", help="continue the run in --out")
+    ft.add_argument("--stop-after", type=_positive("--stop-after"), default=None,
+                    help="run at most N epochs now (resume later)")
+    ft.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
+    ft.set_defaults(func=_finetune)
 
     ic = sub.add_parser("import-checkpoint", help="convert a torch.save state dict (.pt/.pth) to safetensors, safely")
     ic.add_argument("src", help="the .pt/.pth file (loaded with weights_only=True: no code runs)")

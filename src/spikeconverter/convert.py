@@ -127,10 +127,11 @@ class SpikingNetwork(nn.Module):
 
     def save(self, path, extra: dict | None = None) -> None:
         """Write the network to one safetensors file, no pickle (``spikeconverter.load`` reads it
-        back bit for bit, without the model's class). ``extra``: JSON-able notes kept with it."""
+        back bit for bit, without the model's class). ``extra``: JSON-able notes kept with it
+        (default: ``self.source``, the notes a loaded or fine-tuned network carries)."""
         from .serialize import save
 
-        save(self, path, extra)
+        save(self, path, getattr(self, "source", None) if extra is None else extra)
 
     # -- running -------------------------------------------------------------------------------
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:

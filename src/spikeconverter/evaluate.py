@@ -133,12 +133,19 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
              method: str = "spikeconverter", engine: str = "fast", checkpoint: str | None = None,
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
-             download: bool = False, per_channel=None, sequential=None, bias_correction=None) -> dict:
+             download: bool = False, per_channel=None, sequential=None, bias_correction=None,
+             snn: str | None = None) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
-    ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults)."""
+    ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
+    ``snn``: a network file (``snn.save``, ``spikeconverter convert/finetune --out``) to measure as it
+    is, nothing converted; its model and dataset come from the file, the ANN it is compared with is
+    ``checkpoint`` or the shipped one."""
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
+    if snn is not None:
+        return _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
+                              download, dataset)
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
@@ -151,6 +158,44 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     t0 = time.time()
     snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
                   progress=not quiet, **dict(zip(CALIBRATION_KEYS, options)))
+    out = {"model": model, "dataset": dataset,
+           **_measure(snn, net, info, test, len(calib), engine, batch_size, quiet, compile, t0)}
+    out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)))
+    return out
+
+
+def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile, download,
+                   dataset):
+    from .serialize import load
+
+    t0 = time.time()
+    snn = load(path)
+    src = getattr(snn, "source", {}) or {}
+    if timesteps is not None and timesteps != snn.timesteps:
+        raise ValueError(f"{Path(path).name} was converted for T = {snn.timesteps}; drop -T or convert again")
+    model, dataset = src.get("model"), src.get("dataset") or dataset
+    if model is None:  # a network from a user's own model: compare with its folded float graph
+        net, info = snn.ann(), {"checkpoint": None, "image_size": src.get("image_size")}
+    else:
+        net, info = load_model(model, dataset, checkpoint)
+    if snn.method == "rate" and engine == "fast":
+        engine = "simulate"
+    test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
+    out = {"model": model, "dataset": dataset,
+           **_measure(snn, net, info, test, src.get("calibration_images"), engine, batch_size, quiet, compile, t0)}
+    out.update(phi=snn.layers[0].phi if snn.layers else None, snn_file=_file_ref(path),
+               source_checkpoint=src.get("checkpoint"),
+               calibration_options={k: v for k, v in (getattr(snn, "calibration", None) or {}).items()
+                                    if k in CALIBRATION_KEYS})
+    if "finetune" in src:
+        ft = src["finetune"]
+        out["finetune"] = {"epochs": ft.get("epoch"), "config": ft.get("config"),
+                           "train_loss": [h["loss"] for h in ft.get("history", [])]}
+    return out
+
+
+def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, t0) -> dict:
+    """ANN and SNN accuracy and the cost figures of a converted network on ``test``."""
     if compile:
         from .neuron import _compiled_kernel
 
@@ -172,11 +217,11 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
             acc.add(logits, y, report(snn, x, counts, cost))
     t_snn = time.time() - t0
     out = {
-        "model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
-        "method": method, "engine": engine, "timesteps": timesteps, "beta": snn.layers[0].beta if snn.layers else beta,
-        "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold, "phi": phi,
-        "calibration_options": dict(zip(CALIBRATION_KEYS, options)),
-        "test_images": len(test), "calibration_images": len(calib),
+        "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
+        "method": snn.method, "engine": engine, "timesteps": snn.timesteps,
+        "beta": snn.layers[0].beta if snn.layers else None,
+        "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold,
+        "test_images": len(test), "calibration_images": n_calib,
         "ann_accuracy": ann_acc, "snn_accuracy": acc.accuracy, "difference_pp": acc.accuracy - ann_acc,
         "spiking_depth": snn.spiking_depth, "latency_steps": snn.latency_steps, "steps_per_input": snn.steps_per_input,
         "energy_convention": ENERGY_CONVENTION, "seconds_convert": t_convert, "seconds_snn": t_snn,

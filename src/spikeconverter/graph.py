@@ -36,7 +36,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import ops
-from .neuron import quantize_compiled, quantize_digits, quantize_fast
+from .neuron import quantize_compiled, quantize_digits, quantize_fast, quantize_ste
 
 
 class UnsupportedOperationError(ValueError):
@@ -48,6 +48,8 @@ class SpikeActivation(nn.Module):
 
     mode "ann": the original activation. mode "observe": the same, and the observer sees z.
     mode "quantize": q(z + shift), the exact twin of the spiking layer (ReLU and the clip are part of q).
+    mode "train": the same value with straight-through gradients, thresholds and shift learnable
+    (``make_trainable`` / ``freeze``; used by fine-tuning).
 
     ``theta`` is one threshold for the layer (a float) or one per channel (a tensor shaped to
     broadcast over dim 1 of z, e.g. [C, 1, 1]; kept as a buffer so ``.double()``/``.to()`` reach it).
@@ -69,6 +71,8 @@ class SpikeActivation(nn.Module):
         self.phi: float = 0.0
         self.observer = None
         self.compiled = False  # use the fused kernel (float32, beta = 2) for q
+        self.train_log_theta: nn.Parameter | None = None  # mode "train": log theta (positive by construction)
+        self.train_shift: nn.Parameter | None = None
         self.layer_name = ""  # unique: the activation module's path (":k" for its k-th call) or the node's name
 
     @property
@@ -145,9 +149,36 @@ class SpikeActivation(nn.Module):
         d = quantize_digits(z, *args)
         return d - quantize_digits(-z, *args) if self.signed else d
 
+    # -- fine-tuning ---------------------------------------------------------------------------
+    def make_trainable(self) -> None:
+        """Mode "train": theta (per layer or per channel, as now) and the shift become parameters."""
+        theta = self.theta_map if self.per_channel else torch.tensor(self.theta)
+        dtype = theta.dtype if self.per_channel else torch.float32
+        self.train_log_theta = nn.Parameter(theta.to(dtype).log().clone())
+        self.train_shift = None if self.shift is None else nn.Parameter(self.shift.clone())
+        self.mode = "train"
+
+    def freeze(self) -> None:
+        """Back to mode "quantize" with the learned values (a per-layer theta stays a float)."""
+        theta = self.train_log_theta.detach().exp()
+        self.theta = theta if self.per_channel else float(theta)
+        if self.train_shift is not None:
+            self.shift = self.train_shift.detach().clone()
+        self.train_log_theta = self.train_shift = None
+        self.mode = "quantize"
+
+    def _train_q(self, z: torch.Tensor) -> torch.Tensor:
+        theta = self.train_log_theta.exp()
+        if self.train_shift is not None:
+            z = z + self.train_shift
+        args = (theta, self.beta, self.timesteps, self.phi)
+        return quantize_ste(z, *args) - quantize_ste(-z, *args) if self.signed else quantize_ste(z, *args)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
             return self.q(z)
+        if self.mode == "train":
+            return self._train_q(z)
         if self.mode == "observe" and self.observer is not None:
             self.observer.update(z)
         return self.ann(z)

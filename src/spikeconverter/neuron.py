@@ -31,6 +31,7 @@ __all__ = [
     "quantize",
     "quantize_digits",
     "quantize_fast",
+    "quantize_ste",
     "binary_word",
     "popcount",
 ]
@@ -175,6 +176,23 @@ def quantize_fast(z: torch.Tensor, theta, beta: float, timesteps: int, phi: floa
             over = (k[idx].double() * th) > (v0[idx].double() * scale)
             k.index_put_(idx, k[idx] - over.to(k.dtype))
     return k.clamp_(0.0, scale - 1).mul_(theta / scale)
+
+
+def quantize_ste(z: torch.Tensor, theta: torch.Tensor, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
+    """q(z) with straight-through gradients, for fine-tuning the twin. The value is ``quantize_fast``'s
+    (what the neuron computes, up to the precision theta is held in); the gradients are those of
+    learned step-size quantization (LSQ, Esser et al. 2020) written for any beta:
+
+    - d/dz = 1 where the potential is inside the code's range (0, theta * sum_t beta^-t), else 0;
+    - d/dtheta = (q(z) - z) / theta inside the range, q(z) / theta above it, 0 below.
+
+    ``theta``: a tensor (0-d per layer, or per channel broadcasting over z) that may require grad."""
+    with torch.no_grad():
+        q = quantize_fast(z.detach(), theta.detach(), beta, timesteps, phi)
+    top = max_value(1.0, beta, timesteps)
+    u = torch.clamp(z / theta, 0.0, top)
+    surrogate = theta * ((q / theta).detach() + u - u.detach())
+    return q + (surrogate - surrogate.detach())
 
 
 def _theta_as_compared(theta, v: torch.Tensor) -> torch.Tensor:
