@@ -48,6 +48,15 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate, format_evaluate, write_json
 
     snn = getattr(args, "snn", None)
+    if getattr(args, "finetuned", False):
+        from .models import shipped_network
+
+        if snn is not None or args.T is None:
+            raise ValueError("--finetuned takes --model, --dataset and -T (not --snn)")
+        path = shipped_network(args.model, args.dataset, args.T)
+        if path is None:
+            raise ValueError(f"no fine-tuned {args.model}/{args.dataset} network for T = {args.T} is shipped")
+        snn = str(path)
     T = args.T if args.T is not None else (None if snn else 8)
     r = evaluate(model=args.model, dataset=args.dataset, timesteps=T, beta=_beta(args.beta), method=args.method,
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
@@ -270,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-T", "--timesteps", dest="T", type=int, default=None, help="time steps (per phase; default 8)")
     e.add_argument("--snn", default=None, help="measure this network file (convert/finetune --out) as it is: "
                    "no conversion; model and dataset from the file")
+    e.add_argument("--finetuned", action="store_true", help="measure the shipped fine-tuned network for --model, "
+                   "--dataset and -T (docs/results.md lists them)")
     e.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
     e.add_argument("--engine", choices=["fast", "simulate"], default="fast",
                    help="fast: the exact twin; simulate: the time-stepped spiking network")

@@ -129,7 +129,7 @@ def _ann_accuracy(model, ds, batch_size, quiet) -> float:
     return acc.accuracy
 
 
-def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int = 8, beta=2.0,
+def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int | None = None, beta=2.0,
              method: str = "spikeconverter", engine: str = "fast", checkpoint: str | None = None,
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
@@ -138,6 +138,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
+    ``timesteps``: T (default 8; with ``snn``, the file's).
     ``snn``: a network file (``snn.save``, ``spikeconverter convert/finetune --out``) to measure as it
     is, nothing converted; its model and dataset come from the file, the ANN it is compared with is
     ``checkpoint`` or the shipped one."""
@@ -146,6 +147,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int =
     if snn is not None:
         return _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
                               download, dataset)
+    timesteps = 8 if timesteps is None else timesteps
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")

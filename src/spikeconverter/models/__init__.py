@@ -29,6 +29,12 @@ def shipped_checkpoint(name: str, dataset: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def shipped_network(name: str, dataset: str, timesteps: int) -> Path | None:
+    """The shipped fine-tuned network file of (name, dataset) for T, if there is one."""
+    p = CHECKPOINT_DIR / f"{name}-{dataset}-T{timesteps}.snn"
+    return p if p.is_file() else None
+
+
 def available() -> dict[str, list[str]]:
     """Model names, each with the datasets it has a shipped checkpoint for."""
     return {n: [d for d in DATASETS if shipped_checkpoint(n, d)] for n in BUILDERS}
