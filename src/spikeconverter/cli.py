@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import distributed
+
 
 def _train(args) -> int:
     from pathlib import Path
@@ -62,9 +64,10 @@ def _evaluate(args) -> int:
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, **_calibration(args))
-    print(format_evaluate(r))
-    if args.json:
-        write_json(r, args.json)
+    if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
+        print(format_evaluate(r))
+        if args.json:
+            write_json(r, args.json)
     return 0
 
 
@@ -359,6 +362,13 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.global_threads)
+    if distributed.active():
+        if args.func is not _evaluate:
+            print(f"spikeconverter: error: {args.command} runs in one process; under torchrun only evaluate is "
+                  "sharded", file=sys.stderr)
+            return 2
+        distributed.setup()
+        args.quiet = args.quiet or distributed.rank() != 0
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -373,6 +383,8 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .convert import _check_args, calibration_options, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
@@ -99,15 +100,34 @@ class _Accumulator:
         self.sums: dict = {}
         self.per_layer: dict = {}
 
-    def add(self, logits, y, rep: Report | None):
+    @staticmethod
+    def record(logits, y, rep: Report | None) -> dict:
+        """One batch's contribution (what ``add`` adds): plain numbers, so ranks can exchange it."""
         b = len(y)
-        self.n += b
-        self.correct += int((logits.argmax(1) == y).sum())
+        rec = {"n": b, "correct": int((logits.argmax(1) == y).sum()), "sums": {}, "per_layer": {}}
         if rep is not None:
             for k in ("spikes", "sops", "snn_macs", "ann_macs", "energy_snn_uj", "energy_ann_uj"):
-                self.sums[k] = self.sums.get(k, 0.0) + getattr(rep, k) * b
+                rec["sums"][k] = getattr(rep, k) * b
             for k, v in rep.spikes_per_layer.items():
-                self.per_layer[k] = self.per_layer.get(k, 0.0) + v * b
+                rec["per_layer"][k] = v * b
+        return rec
+
+    def add_record(self, rec: dict) -> None:
+        self.n += rec["n"]
+        self.correct += rec["correct"]
+        for k, v in rec["sums"].items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        for k, v in rec["per_layer"].items():
+            self.per_layer[k] = self.per_layer.get(k, 0.0) + v
+
+    def add(self, logits, y, rep: Report | None):
+        self.add_record(self.record(logits, y, rep))
+
+    def add_in_order(self, records: list) -> None:
+        """Records of (batch index, record) from this rank; with torchrun, every rank's, added up
+        in batch order -- the same sums, in the same order, as one process makes."""
+        for rec in distributed.gather_in_order(records):
+            self.add_record(rec)
 
     @property
     def accuracy(self) -> float:
@@ -122,10 +142,12 @@ class _Accumulator:
 
 
 def _ann_accuracy(model, ds, batch_size, quiet) -> float:
-    acc = _Accumulator()
+    acc, records = _Accumulator(), []
     with torch.no_grad():
-        for x, y in _progress(_batches(ds, batch_size), "ANN", math.ceil(len(ds) / batch_size), quiet):
-            acc.add(model(x), y, None)
+        for i, (x, y) in enumerate(_progress(_batches(ds, batch_size), "ANN", math.ceil(len(ds) / batch_size), quiet)):
+            if distributed.mine(i):
+                records.append((i, acc.record(model(x), y, None)))
+    acc.add_in_order(records)
     return acc.accuracy
 
 
@@ -158,8 +180,9 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     t0 = time.time()
-    snn = convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
-                  progress=not quiet, **dict(zip(CALIBRATION_KEYS, options)))
+    snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
+        lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
+                        progress=not quiet, **dict(zip(CALIBRATION_KEYS, options))))
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, len(calib), engine, batch_size, quiet, compile, t0)}
     out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)))
@@ -207,16 +230,20 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     t_convert = time.time() - t0
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)
     cost = CostModel(snn.plan, snn.input_shape, snn.input_coding)
-    acc = _Accumulator()
+    acc, records = _Accumulator(), []
     t0 = time.time()
     with torch.no_grad():
-        for x, y in _progress(_batches(test, batch_size), f"SNN ({engine})", math.ceil(len(test) / batch_size), quiet):
+        batches = _progress(_batches(test, batch_size), f"SNN ({engine})", math.ceil(len(test) / batch_size), quiet)
+        for i, (x, y) in enumerate(batches):
+            if not distributed.mine(i):  # torchrun: batch i is rank (i mod N)'s
+                continue
             if engine == "fast":
                 counts, logits = neuron_spike_counts(snn, x, return_logits=True)
             else:
                 res = snn.simulate(x, neuron_counts=True)
                 counts, logits = res.extra["neuron_counts"], res.logits
-            acc.add(logits, y, report(snn, x, counts, cost))
+            records.append((i, acc.record(logits, y, report(snn, x, counts, cost))))
+    acc.add_in_order(records)
     t_snn = time.time() - t0
     out = {
         "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
@@ -231,6 +258,8 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
                         calibration_mse=la.error) for la in snn.layers],
     }
     out.update(acc.figures())
+    if distributed.active():
+        out["processes"] = distributed.world_size()
     return out
 
 

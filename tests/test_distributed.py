@@ -1,0 +1,42 @@
+"""torchrun: a 2-process evaluation (gloo, CPU) reports exactly the numbers of one process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from spikeconverter.models import shipped_checkpoint
+
+needs_shipped = pytest.mark.skipif(shipped_checkpoint("resnet20", "cifar10") is None,
+                                   reason="the ResNet-20 checkpoint is not shipped")
+ARGS = ["--threads", "1", "evaluate", "--model", "resnet20", "-T", "3", "--limit", "600", "--calibration", "64",
+        "--no-per-channel", "--no-bias-correction", "--no-compile", "--quiet"]
+
+
+@needs_shipped
+def test_two_processes_equal_one(tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    r1 = subprocess.run([sys.executable, "-m", "spikeconverter.cli", *ARGS, "--json", str(one)],
+                        capture_output=True, text=True)
+    assert r1.returncode == 0, r1.stderr
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                         "29517", "-m", "spikeconverter.cli", *ARGS, "--json", str(two)],
+                        capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert r2.stdout.count("SNN accuracy") == 1  # one rank reports
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["processes"] == 2 and "processes" not in a
+    # 600 images in batches of 250: rank 0 takes batches 0 and 2, rank 1 batch 1
+    for k in a:
+        if not k.startswith("seconds"):
+            assert a[k] == b[k], k  # bit for bit: sums are added in batch order on rank 0
+
+
+def test_other_commands_refuse_torchrun(monkeypatch, capsys):
+    from spikeconverter.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["sweep", "--limit", "10"]) == 2
+    assert "only evaluate is sharded" in capsys.readouterr().err
