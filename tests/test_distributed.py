@@ -33,10 +33,26 @@ def test_two_processes_equal_one(tmp_path):
             assert a[k] == b[k], k  # bit for bit: sums are added in batch order on rank 0
 
 
+@needs_shipped
+def test_sweep_two_processes_equal_one(tmp_path):
+    args = ["--threads", "1", "sweep", "--model", "resnet20", "-T", "3", "--rate-T", "8", "16", "--limit", "300",
+            "--rate-limit", "100", "--calibration", "64", "--no-per-channel", "--no-bias-correction", "--no-compile",
+            "--quiet"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    r1 = subprocess.run([sys.executable, "-m", "spikeconverter.cli", *args, "--json", str(one)], capture_output=True,
+                        text=True)
+    assert r1.returncode == 0, r1.stderr
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                         "29518", "-m", "spikeconverter.cli", *args, "--json", str(two)],
+                        capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+
+
 def test_other_commands_refuse_torchrun(monkeypatch, capsys):
     from spikeconverter.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert main(["sweep", "--limit", "10"]) == 2
-    assert "only evaluate is sharded" in capsys.readouterr().err
+    assert main(["show", "--out", "x.png"]) == 2
+    assert "only evaluate and sweep are sharded" in capsys.readouterr().err

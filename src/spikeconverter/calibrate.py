@@ -38,7 +38,7 @@ class Observer:
 
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> None:
-        z = z.detach().float().flatten()
+        z = z.detach().float().flatten().cpu()  # statistics live on the host: the same thresholds on any device
         if self.signed:
             z = z.abs()
         if not bool(torch.isfinite(z).all()):
@@ -82,7 +82,7 @@ class ChannelObserver:
         self.gen = torch.Generator().manual_seed(seed)
 
     def _channels(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.detach().double()
+        z = z.detach().cpu().double()  # on the host, as Observer's
         if self.signed:
             z = z.abs()
         if not bool(torch.isfinite(z).all()):

@@ -19,7 +19,8 @@ def _train(args) -> int:
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       label_smoothing=args.label_smoothing, seed=args.seed, bf16=not args.no_bf16,
-                      data_root=args.data, download=args.download, threads=args.threads, image_size=args.image_size)
+                      data_root=args.data, download=args.download, threads=args.threads, image_size=args.image_size,
+                      device=args.device)
     try:
         meta = train(cfg, args.out, resume=args.resume, progress=not args.quiet, export=args.export,
                      half_export=args.half, stop_after=args.stop_after, limit=args.limit, test_limit=args.test_limit)
@@ -63,7 +64,8 @@ def _evaluate(args) -> int:
     r = evaluate(model=args.model, dataset=args.dataset, timesteps=T, beta=_beta(args.beta), method=args.method,
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
-                 compile=not args.no_compile, download=args.download, snn=snn, **_calibration(args))
+                 compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
+                 **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
@@ -87,12 +89,13 @@ def _sweep(args) -> int:
               calibration=args.calibration, data_root=args.data, quiet=args.quiet,
               extra_betas=tuple(float(b) for b in args.also_beta),
               extra_beta_timesteps=tuple(args.also_beta_T) if args.also_beta_T else None,
-              compile=not args.no_compile, download=args.download, **_calibration(args))
-    print(format_sweep(r))
-    if args.plot:
-        plot_sweep(r, args.plot)
-    if args.json:
-        write_json(r, args.json)
+              compile=not args.no_compile, download=args.download, device=args.device, **_calibration(args))
+    if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
+        print(format_sweep(r))
+        if args.plot:
+            plot_sweep(r, args.plot)
+        if args.json:
+            write_json(r, args.json)
     return 0
 
 
@@ -103,7 +106,10 @@ def _show(args) -> int:
 
     if "." not in args.out or args.out.rsplit(".", 1)[-1].lower() not in ("png", "pdf", "svg"):
         raise ValueError(f"--out {args.out}: use a .png, .pdf or .svg file name")
+    from .device import resolve
+
     net, info = load_model(args.model, args.dataset, args.checkpoint)
+    net = net.to(resolve(args.device))
     test = load_dataset(args.dataset, "test", args.data, **_sized(args.dataset, info))
     if not 0 <= args.image < len(test):
         raise ValueError(f"--image must be in [0, {len(test) - 1}], got {args.image}")
@@ -125,9 +131,11 @@ def _source(args, info: dict, n_calib: int | None) -> dict:
 
 def _convert(args) -> int:
     from . import convert
+    from .device import resolve
     from .evaluate import _sized, calibration_data, load_model
 
     net, info = load_model(args.model, args.dataset, args.checkpoint)
+    net = net.to(resolve(args.device))  # converted where it will run; the file itself is device-free
     calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
                              **_sized(args.dataset, info))
     options = {} if args.method == "rate" else _calibration(args)
@@ -151,7 +159,10 @@ def _finetune(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from .device import resolve
+
     net, info = load_model(args.model, args.dataset, args.checkpoint)
+    net = net.to(resolve(args.device))
     sized = _sized(args.dataset, info)
     train = load_dataset(args.dataset, "train", args.data, download=args.download, **sized)
     if args.train_limit is not None:
@@ -219,6 +230,7 @@ def _common(p, T_default=8):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--download", action="store_true",
                    help="CIFAR-10/100: fetch the official release (md5-checked) if no copy is found")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--no-compile", action="store_true",
                    help="do not build the fused quantizer kernel (same results, slower fast path)")
     c = p.add_argument_group("post-training calibration (two-phase method; default: per channel, bias correction)")
@@ -263,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_positive("--image-size"), default=None,
                    help="imagenette: train and test at this side (default 224; decoded once at side/0.875)")
     t.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
+    t.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     t.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     t.add_argument("--download", action="store_true", help="CIFAR: fetch the official release if no copy is found")
     t.add_argument("--out", required=True, help="run checkpoint (.safetensors), rewritten every epoch")
@@ -363,9 +376,9 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.global_threads)
     if distributed.active():
-        if args.func is not _evaluate:
-            print(f"spikeconverter: error: {args.command} runs in one process; under torchrun only evaluate is "
-                  "sharded", file=sys.stderr)
+        if args.func not in (_evaluate, _sweep):
+            print(f"spikeconverter: error: {args.command} runs in one process; under torchrun only evaluate and "
+                  "sweep are sharded", file=sys.stderr)
             return 2
         distributed.setup()
         args.quiet = args.quiet or distributed.rank() != 0

@@ -144,8 +144,10 @@ class SpikingNetwork(nn.Module):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"input holds {int((~torch.isfinite(x)).sum())} NaN/Inf values; both engines refuse "
                              "non-finite input")
-        if next(iter(self.gm.parameters()), None) is not None and x.dtype != _dtype(self.gm):
-            x = x.to(_dtype(self.gm))  # the network's precision: what it was converted (and thresholds rounded) for
+        if next(iter(self.gm.parameters()), None) is not None and (x.dtype != _dtype(self.gm) or
+                                                                   x.device != _device(self.gm)):
+            # the network's precision (what it was converted, and thresholds rounded, for) and device
+            x = x.to(device=_device(self.gm), dtype=_dtype(self.gm))
         if self.exact_bounds is None:
             return x
         from .fixed_point import check_bounds, round_input
@@ -296,16 +298,23 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
         if input_shape is None:
             input_shape = tuple(x.shape[1:])
             try:
-                check_pools(plan, x[:1].to(dtype))  # a graph check that needs shapes: before the work
+                # a graph check that needs shapes: before the work
+                check_pools(plan, x[:1].to(device=_device(plan.gm), dtype=dtype))
             except (RuntimeError, IndexError) as e:
                 raise _rejected(x, e) from None
         elif tuple(x.shape[1:]) != input_shape:
             raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
-        yield i, x.to(dtype)
+        yield i, x.to(device=_device(plan.gm), dtype=dtype)
 
 
 def _rejected(x: torch.Tensor, e: Exception) -> ValueError:
     return ValueError(f"the model rejects calibration input of shape {tuple(x.shape)}: {str(e).splitlines()[0]}")
+
+
+def _device(gm) -> torch.device:
+    """Where the network computes: its parameters' device (calibration batches are moved there)."""
+    param = next(iter(gm.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _dtype(gm) -> torch.dtype:
@@ -460,8 +469,9 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
     def setup(a, theta, shift):
         m = mods[a]
         shape = shapes[m]
-        m.theta = _channel_shape(theta, shape).to(dtype) if torch.is_tensor(theta) else theta
-        m.shift = None if shift is None else _channel_shape(shift, shape).to(dtype)
+        dev = _device(gm)
+        m.theta = _channel_shape(theta, shape).to(device=dev, dtype=dtype) if torch.is_tensor(theta) else theta
+        m.shift = None if shift is None else _channel_shape(shift, shape).to(device=dev, dtype=dtype)
         m.beta, m.timesteps, m.phi = betas[a], timesteps, phi
 
     chosen = {}

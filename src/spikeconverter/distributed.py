@@ -9,7 +9,8 @@
   accuracy, spikes, SOPs and energy equal a single-process run's bit for bit, not just to rounding.
 
 Without torchrun (no WORLD_SIZE in the environment, or 1) every function here is the one-process
-identity. The backend is gloo on CPU, nccl when the network runs on CUDA.
+identity. The process group is gloo whatever the device: it only carries the network file once
+and a few numbers per batch. On CUDA each rank takes the card of its LOCAL_RANK (``device.resolve``).
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0")) if active() else 0
 
 
-def setup(backend: str | None = None) -> None:
+def setup() -> None:
     """Join the process group torchrun describes (once; no-op in a single process)."""
     if not active():
         return
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() and
-                                            os.environ.get("SPIKECONVERTER_DEVICE", "cpu") == "cuda" else "gloo"))
+        dist.init_process_group("gloo")
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
 
 
 def teardown() -> None:

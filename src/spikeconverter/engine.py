@@ -42,7 +42,7 @@ class SimulationResult:
 
     @property
     def spikes_per_sample(self) -> torch.Tensor:
-        return sum(self.spike_counts.values()) if self.spike_counts else torch.zeros(len(self.logits))
+        return sum(self.spike_counts.values()) if self.spike_counts else torch.zeros(len(self.logits), device=self.logits.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ class TwoPhaseSimulator:
 
         # shapes of every source for one slot (the ANN pass on zeros gives them, and the bias maps)
         shapes = self._source_shapes(slots[0])
-        zeros = {s: torch.zeros(shapes[s], dtype=dtype) for s in shapes}
+        zeros = {s: torch.zeros(shapes[s], dtype=dtype, device=x.device) for s in shapes}
         bias = {s: self._bias_map(s, zeros) for s in self.sinks}
         theta = self._theta_maps(zeros)
 
@@ -188,7 +188,7 @@ class TwoPhaseSimulator:
         v_acc: dict = {}
         v_gen: dict = {}
         trains: dict = defaultdict(dict)  # train source -> window -> spikes [T, B, ...]
-        counts = {a: torch.zeros(B * N, dtype=dtype) for a in self.act}
+        counts = {a: torch.zeros(B * N, dtype=dtype, device=x.device) for a in self.act}
         recorded: dict = {}
         per_neuron: dict = {}
         logits: list = [None] * N
@@ -349,7 +349,7 @@ class RateSimulator:
         neuron_counts = neuron_counts or bool(checkpoints)
         checkpoints = set(checkpoints)
         v: dict = {}
-        counts = {a: torch.zeros(B, dtype=x.dtype) for a in self.act}
+        counts = {a: torch.zeros(B, dtype=x.dtype, device=x.device) for a in self.act}
         trains: dict = defaultdict(list)
         pools = {p: RateMaxPool(gm, plan.pools[p]) for p in plan.pools if not plan.is_analog(p)}
         theta: dict = {}

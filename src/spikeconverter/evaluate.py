@@ -17,6 +17,7 @@ from . import distributed
 from .convert import _check_args, calibration_options, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
+from .device import resolve as resolve_device
 from .metrics import ENERGY_CONVENTION, CostModel, Report, neuron_spike_counts, report
 from .models import create, shipped_checkpoint
 
@@ -66,12 +67,15 @@ def _subset(ds, n: int | None, seed: int):
     return torch.utils.data.Subset(ds, idx.tolist())
 
 
-def _batches(ds, batch_size: int):
+def _batches(ds, batch_size: int, device=None):
+    """(x, y) batches of a test set, on ``device`` (None: where they are made, the CPU)."""
     if isinstance(ds, ArrayDataset):
-        for i in range(0, len(ds), batch_size):
-            yield ds.normalize(ds.images[i : i + batch_size]), ds.labels[i : i + batch_size]
+        it = ((ds.normalize(ds.images[i : i + batch_size]), ds.labels[i : i + batch_size])
+              for i in range(0, len(ds), batch_size))
     else:
-        yield from torch.utils.data.DataLoader(ds, batch_size=batch_size)
+        it = iter(torch.utils.data.DataLoader(ds, batch_size=batch_size))
+    for x, y in it:
+        yield (x, y) if device is None else (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
 
 
 def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, download: bool = False,
@@ -143,8 +147,10 @@ class _Accumulator:
 
 def _ann_accuracy(model, ds, batch_size, quiet) -> float:
     acc, records = _Accumulator(), []
+    device = next(model.parameters()).device
     with torch.no_grad():
-        for i, (x, y) in enumerate(_progress(_batches(ds, batch_size), "ANN", math.ceil(len(ds) / batch_size), quiet)):
+        batches = _progress(_batches(ds, batch_size, device), "ANN", math.ceil(len(ds) / batch_size), quiet)
+        for i, (x, y) in enumerate(batches):
             if distributed.mine(i):
                 records.append((i, acc.record(model(x), y, None)))
     acc.add_in_order(records)
@@ -156,19 +162,21 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
-             snn: str | None = None) -> dict:
+             snn: str | None = None, device: str | None = None) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
     ``timesteps``: T (default 8; with ``snn``, the file's).
+    ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
     ``snn``: a network file (``snn.save``, ``spikeconverter convert/finetune --out``) to measure as it
     is, nothing converted; its model and dataset come from the file, the ANN it is compared with is
     ``checkpoint`` or the shipped one."""
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
+    dev = resolve_device(device)
     if snn is not None:
         return _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
-                              download, dataset)
+                              download, dataset, dev)
     timesteps = 8 if timesteps is None else timesteps
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
@@ -177,6 +185,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
+    net = net.to(dev)
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     t0 = time.time()
@@ -190,11 +199,11 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
 
 
 def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile, download,
-                   dataset):
+                   dataset, dev):
     from .serialize import load
 
     t0 = time.time()
-    snn = load(path)
+    snn = load(path).to(dev)
     src = getattr(snn, "source", {}) or {}
     if timesteps is not None and timesteps != snn.timesteps:
         raise ValueError(f"{Path(path).name} was converted for T = {snn.timesteps}; drop -T or convert again")
@@ -203,6 +212,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
         net, info = snn.ann(), {"checkpoint": None, "image_size": src.get("image_size")}
     else:
         net, info = load_model(model, dataset, checkpoint)
+    net = net.to(dev)
     if snn.method == "rate" and engine == "fast":
         engine = "simulate"
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
@@ -232,8 +242,10 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     cost = CostModel(snn.plan, snn.input_shape, snn.input_coding)
     acc, records = _Accumulator(), []
     t0 = time.time()
+    device = next(snn.parameters()).device
     with torch.no_grad():
-        batches = _progress(_batches(test, batch_size), f"SNN ({engine})", math.ceil(len(test) / batch_size), quiet)
+        batches = _progress(_batches(test, batch_size, device), f"SNN ({engine})", math.ceil(len(test) / batch_size),
+                            quiet)
         for i, (x, y) in enumerate(batches):
             if not distributed.mine(i):  # torchrun: batch i is rank (i mod N)'s
                 continue
@@ -254,6 +266,7 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
         "ann_accuracy": ann_acc, "snn_accuracy": acc.accuracy, "difference_pp": acc.accuracy - ann_acc,
         "spiking_depth": snn.spiking_depth, "latency_steps": snn.latency_steps, "steps_per_input": snn.steps_per_input,
         "energy_convention": ENERGY_CONVENTION, "seconds_convert": t_convert, "seconds_snn": t_snn,
+        "device": _device_name(device),
         "layers": [dict(name=la.name, theta=_plain(la.theta), beta=la.beta, neurons=la.neurons, depth=la.depth,
                         calibration_mse=la.error) for la in snn.layers],
     }
@@ -261,6 +274,12 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     if distributed.active():
         out["processes"] = distributed.world_size()
     return out
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def format_evaluate(r: dict) -> str:
@@ -302,7 +321,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
           rate_timesteps=(16, 32, 64, 128, 256, 512), beta=2.0, checkpoint=None, limit=None, rate_limit=None,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
           extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False,
-          per_channel=None, sequential=None, bias_correction=None) -> dict:
+          per_channel=None, sequential=None, bias_correction=None, device: str | None = None) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
 
@@ -318,6 +337,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
     net, info = load_model(model, dataset, checkpoint)
+    net = net.to(resolve_device(device))
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     rate_test = _subset(test, rate_limit, seed) if rate_limit else test
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
@@ -325,16 +345,20 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)
     ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
     rows = []
+    dev = next(net.parameters()).device
     for b in (beta,) + tuple(extra_betas):
         for T in (timesteps if b == beta else extra_beta_timesteps):
-            snn = convert(net, calib, timesteps=T, beta=b, **options).compile(compile)
+            snn = distributed.shared_network(lambda: convert(net, calib, timesteps=T, beta=b, **options))
+            snn.compile(compile)
             cost = CostModel(snn.plan, snn.input_shape)
-            acc = _Accumulator()
+            acc, records = _Accumulator(), []
             with torch.no_grad():
-                for x, y in _progress(_batches(test, batch_size), f"beta={b:g} T={T}", math.ceil(len(test) / batch_size),
-                                      quiet):
-                    counts, logits = neuron_spike_counts(snn, x, return_logits=True)
-                    acc.add(logits, y, report(snn, x, counts, cost))
+                for i, (x, y) in enumerate(_progress(_batches(test, batch_size, dev), f"beta={b:g} T={T}",
+                                                     math.ceil(len(test) / batch_size), quiet)):
+                    if distributed.mine(i):
+                        counts, logits = neuron_spike_counts(snn, x, return_logits=True)
+                        records.append((i, acc.record(logits, y, report(snn, x, counts, cost))))
+            acc.add_in_order(records)
             f = acc.figures()
             rows.append(dict(method="spikeconverter" if b == beta else f"spikeconverter beta={b:g}", beta=b,
                              timesteps=T, latency_steps=snn.latency_steps, accuracy=acc.accuracy,
@@ -343,20 +367,26 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                              images=len(test)))
     if rate_timesteps:
         tmax = max(rate_timesteps)
-        rate = convert(net, calib, timesteps=tmax, method="rate")
+        rate = distributed.shared_network(lambda: convert(net, calib, timesteps=tmax, method="rate"))
         cost = CostModel(rate.plan, rate.input_shape)
         accs = {t: _Accumulator() for t in rate_timesteps}
+        records = {t: [] for t in rate_timesteps}
         from .engine import RateSimulator
 
         sim = RateSimulator(rate.plan)
-        for x, y in _progress(_batches(rate_test, batch_size), f"rate T<={tmax}", math.ceil(len(rate_test) / batch_size),
-                              quiet):
-            def at(t, logits, counts, x=x, y=y):
+        for i, (x, y) in enumerate(_progress(_batches(rate_test, batch_size, dev), f"rate T<={tmax}",
+                                             math.ceil(len(rate_test) / batch_size), quiet)):
+            if not distributed.mine(i):
+                continue
+
+            def at(t, logits, counts, x=x, y=y, i=i):
                 rate.timesteps = t  # the report's latency and MAC accounting use the current T
-                accs[t].add(logits, y, report(rate, x, counts, cost))
+                records[t].append((i, accs[t].record(logits, y, report(rate, x, counts, cost))))
 
             sim.run(x, tmax, checkpoints=rate_timesteps, on_checkpoint=at)
         rate.timesteps = tmax
+        for t in rate_timesteps:
+            accs[t].add_in_order(records[t])
         for t in rate_timesteps:
             f = accs[t].figures()
             rows.append(dict(method="rate", beta=1.0, timesteps=t, latency_steps=t, accuracy=accs[t].accuracy,

@@ -45,8 +45,9 @@ class FinetuneConfig:
 def _trainable(snn):
     """Put every spiking layer into mode "train"; returns (weights, shifts, log-thresholds)."""
     acts = snn._acts()
+    device = next(snn.gm.parameters()).device
     for m in acts:
-        m.make_trainable()
+        m.make_trainable(device)
     gm = snn.gm
     theta_ids = {id(m.train_log_theta) for m in acts}
     shift_ids = {id(m.train_shift) for m in acts if m.train_shift is not None}
@@ -179,7 +180,7 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
                 if f"log_theta.{i}" in state:
                     p.copy_(state[f"log_theta.{i}"])
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    gm, dtype = snn.gm, next(snn.gm.parameters()).dtype
+    gm, dtype, device = snn.gm, next(snn.gm.parameters()).dtype, next(snn.gm.parameters()).device
     steps = None
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     try:
@@ -201,7 +202,8 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
                     frac = (epoch * steps + i) / (cfg.epochs * steps)
                     opts[0].param_groups[0]["lr"] = opts[0].param_groups[1]["lr"] = \
                         cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-                logits = gm(x.to(dtype))
+                logits = gm(x.to(device=device, dtype=dtype))
+                y = y.to(device)
                 loss = crit(logits.float(), y)
                 for o in opts:
                     o.zero_grad(set_to_none=True)

@@ -119,7 +119,8 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
     every partial sum of its potential is a multiple of 2^-E and at most c + k * max|x| in size
     (x the analog input), which ``check_bounds`` compares with the exact range of float64."""
     gm = plan.gm
-    env = node_values(gm, torch.zeros((1,) + tuple(input_shape), dtype=torch.float64))
+    dev = next(gm.parameters()).device
+    env = node_values(gm, torch.zeros((1,) + tuple(input_shape), dtype=torch.float64, device=dev))
     spikers = plan.spikers
     grid = {}  # source -> fractional bits of the values it sends
     for a in spikers:

@@ -150,9 +150,9 @@ class SpikeActivation(nn.Module):
         return d - quantize_digits(-z, *args) if self.signed else d
 
     # -- fine-tuning ---------------------------------------------------------------------------
-    def make_trainable(self) -> None:
+    def make_trainable(self, device=None) -> None:
         """Mode "train": theta (per layer or per channel, as now) and the shift become parameters."""
-        theta = self.theta_map if self.per_channel else torch.tensor(self.theta)
+        theta = self.theta_map if self.per_channel else torch.tensor(self.theta, device=device)
         dtype = theta.dtype if self.per_channel else torch.float32
         self.train_log_theta = nn.Parameter(theta.to(dtype).log().clone())
         self.train_shift = None if self.shift is None else nn.Parameter(self.shift.clone())
@@ -434,7 +434,7 @@ def _fold(lin: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(
         bn.running_var + bn.eps)
     shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
-    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     shape = [-1] + [1] * (w.ndim - 1)
     lin.weight = nn.Parameter(w * scale.reshape(shape))
     lin.bias = nn.Parameter(b * scale + shift)
@@ -655,7 +655,7 @@ def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
     different thresholds do not compare like their values."""
     if not plan.pools:
         return
-    for pool, _, mixed in _mixed_windows(plan, x1, lambda i, shape: torch.full(shape, float(i + 1), dtype=torch.float64)):
+    for pool, _, mixed in _mixed_windows(plan, x1, _layer_labels(x1.device)):
         if bool(mixed.any()):
             raise UnsupportedOperationError(
                 f"{ops.describe(plan.gm, pool)} has windows that mix the spike trains of different layers (e.g. a "
@@ -664,6 +664,10 @@ def check_pools(plan: GraphPlan, x1: torch.Tensor) -> None:
 
 
 _LAYER_STRIDE = 2.0**24  # label = layer * stride + channel: exact in float64
+
+
+def _layer_labels(device):
+    return lambda i, shape: torch.full(shape, float(i + 1), dtype=torch.float64, device=device)
 
 
 def _channel_labels(i: int, shape) -> torch.Tensor:
@@ -679,7 +683,7 @@ def pools_mixing_channels(plan: GraphPlan, x1: torch.Tensor) -> set:
     if not plan.pools:
         return set()
     mixed = set()
-    for _, hi, bad in _mixed_windows(plan, x1, _channel_labels):
+    for _, hi, bad in _mixed_windows(plan, x1, lambda i, shape: _channel_labels(i, shape).to(x1.device)):
         for layer in torch.unique(torch.floor(hi[bad] / _LAYER_STRIDE)).tolist():
             mixed.add(plan.spikers[int(layer) - 1])
     return mixed

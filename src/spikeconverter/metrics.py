@@ -54,8 +54,8 @@ class CostModel:
             self.ops += self._region_ops(sink, region)
 
     def _shapes(self) -> dict:
-        dtype = next(self.gm.parameters()).dtype
-        return node_shapes(self.gm, torch.zeros((1,) + self.input_shape, dtype=dtype))
+        p = next(self.gm.parameters())
+        return node_shapes(self.gm, torch.zeros((1,) + self.input_shape, dtype=p.dtype, device=p.device))
 
     def _weighted(self, n) -> bool:
         k = ops.kind_of(self.gm, n)
@@ -81,11 +81,12 @@ class CostModel:
     def _fanout(self, region: Region, w: fx.Node, src: fx.Node) -> torch.Tensor:
         """Synapses reached in op ``w`` by each neuron of ``src``: the transpose of (w with all
         weights 1) after (the unweighted path with every coefficient 1), applied to ones."""
-        s = torch.zeros(self.shapes[src], dtype=torch.float64, requires_grad=True)
+        dev = next(self.gm.parameters()).device
+        s = torch.zeros(self.shapes[src], dtype=torch.float64, device=dev, requires_grad=True)
         env = {src: s}
         for other in region.sources:
             if other is not src:
-                env[other] = torch.zeros(self.shapes[other], dtype=torch.float64)
+                env[other] = torch.zeros(self.shapes[other], dtype=torch.float64, device=dev)
         needed, _ = ancestors(w.args[0], set(region.sources), within=set(region.nodes))
         needed = set(needed)
         for n in region.nodes:
@@ -158,7 +159,7 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
             counts[node] = popcount(words[node], m.timesteps).to(values[node].dtype)
             continue
         d = m.digits(zs[node])  # signed for the input coder: ON minus OFF
-        place = 2.0 ** torch.arange(m.timesteps - 1, -1, -1, dtype=torch.float64)
+        place = 2.0 ** torch.arange(m.timesteps - 1, -1, -1, dtype=torch.float64, device=d.device)
         words[node] = torch.tensordot(place, d.clamp(min=0).double(), dims=([0], [0]))
         counts[node] = d.abs().sum(0)
     T = snn.timesteps

@@ -246,7 +246,8 @@ def _get_kernel():
 
 def quantize_compiled(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:
     """q(z) in one fused pass where it is exact (beta = 2, float32, T <= 27); else ``quantize_fast``."""
-    kernel = _get_kernel() if (float(beta) == 2.0 and z.dtype == torch.float32 and timesteps <= 27) else None
+    kernel = _get_kernel() if (float(beta) == 2.0 and z.dtype == torch.float32 and timesteps <= 27
+                               and z.device.type == "cpu") else None  # the kernel is built and checked for CPU
     if kernel is None:
         return quantize_fast(z, theta, beta, timesteps, phi)
     scale = 2.0**timesteps

@@ -179,7 +179,7 @@ def _separable_structural(call, args, kwargs):
         n = x.shape[2 + ax]
         shape = [n, 1] + [1] * nd
         shape[2 + ax] = n
-        eye = torch.eye(n, dtype=x.dtype).reshape(shape)
+        eye = torch.eye(n, dtype=x.dtype, device=x.device).reshape(shape)
         out = call(eye, *args[1:], **kwargs)
         idx = [slice(None), 0] + [0] * nd
         idx[2 + ax] = slice(None)
@@ -240,7 +240,7 @@ def _avg_sum(call, args, kwargs):
 def _adaptive_sum(pool, x):
     """Sums over adaptive windows: the average times each window's element count."""
     y = pool(x)
-    counts = _adaptive_counts(x.shape[2:], y.shape[2:], x.dtype)
+    counts = _adaptive_counts(x.shape[2:], y.shape[2:], x.dtype).to(x.device)
     return y * counts
 
 

@@ -41,6 +41,7 @@ class TrainConfig:
     download: bool = False
     threads: int | None = None
     image_size: int | None = None  # photos (imagenette): the side the network is trained at
+    device: str = "auto"  # auto: CUDA, else MPS, else CPU
 
 
 def _portable(config: dict) -> dict:
@@ -91,8 +92,9 @@ def evaluate_accuracy(model: nn.Module, ds, batch_size: int = 500, progress: boo
         from tqdm import tqdm
 
         it = tqdm(it, desc="eval", leave=False)
+    device = next(model.parameters()).device
     for x, y in it:
-        correct += (model(x).argmax(1) == y).sum().item()
+        correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
         total += len(y)
     return 100.0 * correct / max(1, total)
 
@@ -122,7 +124,7 @@ def _load_optim_tensors(opt, tensors) -> None:
         for pi, p in enumerate(g["params"]):
             t = tensors.get(f"optim.{gi}.{pi}")
             if t is not None:
-                opt.state[p]["momentum_buffer"] = t.to(p.dtype).clone()
+                opt.state[p]["momentum_buffer"] = t.to(device=p.device, dtype=p.dtype).clone()
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -145,14 +147,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if test_limit is not None:
         test_ds = balanced_subset(test_ds, test_limit, cfg.seed + 1)
     torch.manual_seed(cfg.seed)
-    model = create(cfg.model, dataset=cfg.dataset)
+    from .device import resolve
+
+    device = resolve(cfg.device)
+    model = create(cfg.model, dataset=cfg.dataset).to(device)
     opt = _optimizer(model, cfg)
     history, start_epoch = [], 0
     if resume and out.exists():
         tensors, meta = load_tensors(out)
         if meta.get("config", {}).get("model") != cfg.model or meta.get("config", {}).get("dataset") != cfg.dataset:
             raise ValueError(f"{out} holds a {meta.get('config', {}).get('model')} run, not {cfg.model}")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
         _load_optim_tensors(opt, tensors)
         history, start_epoch = meta["history"], meta["epoch"]
         saved = TrainConfig(**{k: v for k, v in meta["config"].items() if k in TrainConfig.__dataclass_fields__})
@@ -180,9 +185,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(x)
                 loss = crit(logits.float(), y)
             opt.zero_grad(set_to_none=True)
