@@ -62,3 +62,52 @@ def test_claimed_accuracy_reproduces_exactly(name):
     from spikeconverter.train import evaluate_accuracy
 
     assert evaluate_accuracy(sc.models.create(name, pretrained=True), _test_set()) == meta["test_acc"]
+
+
+FINETUNED = [("resnet20", 2), ("resnet20", 3)]
+
+
+def _finetuned(name, T):
+    from spikeconverter.models import shipped_network
+
+    path = shipped_network(name, "cifar10", T)
+    if path is None:
+        pytest.skip(f"no fine-tuned {name} T={T} network shipped yet")
+    _test_set()
+    return sc.load(path)
+
+
+def _images(n):
+    from spikeconverter.evaluate import _batches, _subset, load_dataset
+
+    return next(_batches(_subset(load_dataset("cifar10", "test"), n, 0), n))
+
+
+@pytest.mark.parametrize("name,T", FINETUNED)
+def test_shipped_finetuned_network_loads_and_is_exact(name, T):
+    """The shipped fine-tuned file loads, its simulator equals its fast path (float64, every
+    layer's train), and it classifies 500 fixed test images far above chance."""
+    import copy
+
+    from test_equivalence import check_identical
+
+    ft = _finetuned(name, T)
+    assert ft.timesteps == T and ft.source["model"] == name and ft.source["finetune"]["epoch"] >= 1
+    x, y = _images(500)
+    check_identical(copy.deepcopy(ft).double(), x[:1].double())
+    assert float((ft(x).argmax(1) == y).float().mean()) > 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,T", FINETUNED)
+def test_shipped_finetuned_network_beats_post_training(name, T):
+    """On 2,000 fixed test images, more accurate than post-training conversion (default calibration)
+    of the same ANN at the same T."""
+    from spikeconverter.evaluate import calibration_data
+
+    ft = _finetuned(name, T)
+    x, y = _images(2000)
+    post = sc.convert(sc.models.create(name, pretrained=True), calibration_data("cifar10", 512), timesteps=T)
+    acc_ft = float((ft(x).argmax(1) == y).float().mean())
+    acc_post = float((post(x).argmax(1) == y).float().mean())
+    assert acc_ft > acc_post, (acc_ft, acc_post)
