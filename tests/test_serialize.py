@@ -167,3 +167,14 @@ def test_bad_files_fail_in_one_line(tmp_path):
     export_weights(model, tmp_path / "weights.safetensors", {"arch": "concat"})
     with pytest.raises(SnnFileError, match="holds no converted network|not a converted network"):
         sc.load(tmp_path / "weights.safetensors")
+
+
+def test_a_network_file_where_weights_are_expected_says_what_to_do(tmp_path):
+    from spikeconverter.evaluate import load_model
+
+    model, shape = make("concat")
+    calib, _ = _data(shape)
+    path = tmp_path / "net.snn"
+    sc.convert(model, calib, timesteps=3).save(path)
+    with pytest.raises(ValueError, match="is a converted network, not float weights: measure it with evaluate --snn"):
+        load_model("resnet20", "cifar10", str(path))

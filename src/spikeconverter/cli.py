@@ -219,7 +219,8 @@ def _beta(b: str):
 def _common(p, T_default=8):
     p.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, fashion_mnist, imagenet, imagenette")
-    p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped checkpoint)")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights file (default: the shipped checkpoint); evaluate also takes a network file (.snn)")
     p.add_argument("--limit", type=_positive("--limit"), default=None,
                    help="evaluate on a fixed random subset of N test images")
     p.add_argument("--calibration", type=_positive("--calibration"), default=512,

@@ -30,6 +30,12 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None):
 
     model = create(name, dataset=dataset)
     path = Path(checkpoint) if checkpoint else shipped_checkpoint(name, dataset)
+    if path is not None and path.suffix == ".snn":
+        from .serialize import is_network_file
+
+        if is_network_file(path):
+            raise ValueError(f"{path.name} is a converted network, not float weights: measure it with "
+                             f"evaluate --snn {path.name} (or spikeconverter.load in Python)")
     if path is None:
         create(name, dataset=dataset, pretrained=True)  # raises the error listing what is shipped
     meta = load_weights(model, path)
@@ -174,6 +180,8 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
     dev = resolve_device(device)
+    if snn is None and checkpoint is not None and Path(checkpoint).suffix == ".snn":
+        snn, checkpoint = checkpoint, None  # a network file (convert/finetune --out) given as the checkpoint
     if snn is not None:
         return _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
                               download, dataset, dev)
