@@ -16,7 +16,7 @@ CK = ROOT / "src" / "spikeconverter" / "checkpoints"
 
 
 def table() -> str:
-    lines = ["| checkpoint | epochs | test accuracy (JPEG CIFAR-10) | target | median s/epoch | storage | "
+    lines = ["| checkpoint | epochs | test accuracy (CIFAR-10 JPEG test / Imagenette val) | target | median s/epoch | storage | "
              "command (scripts/train_zoo.sh) |", "|---|---|---|---|---|---|---|"]
     for meta_file in sorted(CK.glob("*.json")):
         m = json.loads(meta_file.read_text())
