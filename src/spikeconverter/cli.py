@@ -147,6 +147,37 @@ def _convert(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    import numpy as np
+
+    from . import convert
+    from .device import resolve
+    from .evaluate import _batches, _sized, _subset, calibration_data, load_dataset, load_model
+
+    net, info = load_model(args.model, args.dataset, args.checkpoint)
+    net = net.to(resolve(args.device))
+    calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
+                             **_sized(args.dataset, info))
+    options = {k: v for k, v in _calibration(args).items() if v is not None}
+    snn = convert(net, calib, timesteps=args.T, beta=_beta(args.beta), fixed_point=True, progress=not args.quiet,
+                  **options)
+    out = snn.export(args.out)
+    note = ""
+    if args.samples:  # inputs and the fixed-point engine's answers: a test bench's reference
+        test = _subset(load_dataset(args.dataset, "test", args.data, **_sized(args.dataset, info)), args.samples, 0)
+        x, y = next(_batches(test, args.samples))
+        np.save(out / "inputs.npy", x.double().numpy())
+        np.save(out / "labels.npy", y.numpy())
+        try:
+            np.save(out / "expected_logits.npy", snn(x).cpu().numpy())
+            note = f"; {args.samples} test images with the engine's logits (inputs.npy, expected_logits.npy)"
+        except ValueError as e:  # beyond float64's exact range the engine refuses; the int64 executor may not
+            note = f"; {args.samples} test images in inputs.npy (no expected logits: {str(e).splitlines()[0]})"
+    print(f"wrote the integer bundle of {args.model} (T = {args.T}, latency {snn.latency_steps} steps) to {out}{note}. "
+          f"Run it without torch: python {out}/run.py {out} {out}/inputs.npy")
+    return 0
+
+
 def _finetune(args) -> int:
     from pathlib import Path
 
@@ -333,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
     cv.add_argument("--out", required=True, help="the network file to write (e.g. net.snn)")
     cv.set_defaults(func=_convert)
+
+    ex = sub.add_parser("export", help="convert in fixed point and write the integer deployment bundle (docs/deploy.md)")
+    _common(ex)
+    ex.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=6, help="time steps (per phase)")
+    ex.add_argument("--samples", type=int, default=8, help="test images saved with the engine's logits (0: none)")
+    ex.add_argument("--out", required=True, help="the bundle folder to write")
+    ex.set_defaults(func=_export)
 
     ft = sub.add_parser("finetune", help="fine-tune the quantized twin for few time steps (learned thresholds, "
                         "straight-through gradients); writes a network file every epoch")

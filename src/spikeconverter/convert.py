@@ -133,6 +133,14 @@ class SpikingNetwork(nn.Module):
 
         save(self, path, getattr(self, "source", None) if extra is None else extra)
 
+    def export(self, directory):
+        """The integer deployment bundle of a fixed-point network (docs/deploy.md): integer weights,
+        thresholds and biases with power-of-two exponents, the graph and schedule, and a NumPy
+        reference executor (run.py) equal to the fixed-point engine bit for bit."""
+        from .export import export
+
+        return export(self, directory)
+
     # -- running -------------------------------------------------------------------------------
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Both engines see the same input: a floating tensor in the network's precision, finite

@@ -1,0 +1,154 @@
+"""The integer deployment bundle: ``snn.export(dir)`` / ``spikeconverter export``.
+
+A fixed-point network (``convert(..., fixed_point=True)``) holds only dyadic numbers: weights with
+12 significant bits, thresholds, biases and bias corrections on power-of-two grids. The bundle
+writes each of them as an integer array and an exponent (value = int * 2^-exp), with the graph, the
+regions (which layers feed which neuron), the window schedule and a reference executor in plain
+NumPy (``run.py``, a copy of bundle_executor.py) whose logits and spike counts equal the fixed-point
+engine's bit for bit. docs/deploy.md describes the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fixed_point import INPUT_BITS
+from .serialize import _enc, _module_config
+
+# what the reference executor computes (anything else is refused at export, naming the op)
+EXECUTOR_MODULES = ("Conv1d", "Conv2d", "Linear", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
+                    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "Flatten", "SpikeActivation")
+EXECUTOR_FUNCTIONS = ("add", "iadd", "sub", "isub", "mul", "floordiv", "truediv", "mod", "getattr", "getitem", "cat",
+                      "concat", "flatten", "max_pool1d", "max_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d")
+EXECUTOR_METHODS = ("size", "flatten", "reshape", "view", "add", "sub")
+
+
+def dyadic(t) -> tuple[np.ndarray, int]:
+    """An exactly dyadic tensor as (int64 array, e) with t = a * 2^-e, e as small as it can be."""
+    t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("a non-finite value cannot be exported")
+    e = 0
+    while not bool(torch.equal(torch.round(t * 2.0**e), t * 2.0**e)):
+        e += 1
+        if e > 200:
+            raise ValueError("a value is not dyadic (export needs a fixed-point network)")
+    a = (t * 2.0**e)
+    if a.numel() and float(a.abs().max()) >= 2.0**62:
+        raise ValueError("an exported integer needs more than 62 bits")
+    while e > 0 and a.numel() and bool(torch.all(torch.remainder(a, 2) == 0)):
+        a, e = a / 2, e - 1
+    return a.to(torch.int64).numpy(), e
+
+
+def _check_ops(snn) -> None:
+    gm = snn.gm
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            cls = type(gm.get_submodule(n.target)).__name__
+            if cls not in EXECUTOR_MODULES:
+                raise ValueError(f"export: the reference executor does not implement {cls} ('{n.target}') yet")
+        elif n.op == "call_function":
+            name = getattr(n.target, "__name__", str(n.target))
+            if name not in EXECUTOR_FUNCTIONS:
+                raise ValueError(f"export: the reference executor does not implement {name} (node '{n.name}') yet")
+        elif n.op == "call_method" and n.target not in EXECUTOR_METHODS:
+            raise ValueError(f"export: the reference executor does not implement .{n.target}() (node '{n.name}') yet")
+        elif n.op == "get_attr":
+            raise ValueError(f"export: constant tensors (node '{n.name}') are not exported yet")
+
+
+def export(snn, directory) -> Path:
+    """Write the integer bundle of a fixed-point SpikingNetwork to ``directory``; returns it."""
+    from .engine import TwoPhaseSimulator
+    from .graph import SpikeActivation, node_shapes
+
+    if snn.method != "spikeconverter" or snn.exact_bounds is None:
+        raise ValueError("export needs a fixed-point two-phase network: convert(..., fixed_point=True)")
+    if snn.input_coding != "analog":
+        raise ValueError("export: spike-coded input is not exported yet (use input_coding='analog')")
+    plan, gm = snn.plan, snn.gm
+    acts = {a: gm.get_submodule(a.target) for a in plan.spikers}
+    betas = {float(m.beta) for m in acts.values()}
+    if len(betas) != 1:
+        raise ValueError(f"export: every layer must share one beta (got {sorted(betas)})")
+    phis = {float(m.phi) for m in acts.values()}
+    if not phis <= {0.0, 0.5}:
+        raise ValueError(f"export: phi must be 0 or 0.5 (got {sorted(phis)})")
+    _check_ops(snn)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    tensors = {}
+
+    def put(key, value):
+        a, e = dyadic(value)
+        tensors[key + ".int"], tensors[key + ".exp"] = a, np.array(e, dtype=np.int64)
+
+    graph, modules = [], {}
+    for n in gm.graph.nodes:
+        target = n.target
+        if n.op == "call_function":
+            target = f"{getattr(n.target, '__module__', '')}.{getattr(n.target, '__name__', str(n.target))}"
+        elif n.op == "call_module":
+            mod = gm.get_submodule(n.target)
+            modules[n.target] = _module_config(mod, n.target)
+            if not isinstance(mod, SpikeActivation):
+                for k, t in mod.state_dict().items():
+                    put(f"{n.target}.{k}", t)
+        graph.append({"name": n.name, "op": n.op, "target": target, "args": _enc(n.args), "kwargs": _enc(n.kwargs),
+                      "shape_value": bool(n.meta.get("shape_value", False))})
+
+    x1 = torch.zeros((1,) + tuple(snn.input_shape), dtype=torch.float64, device=next(gm.parameters()).device)
+    shapes = {n.name: list(s[1:]) for n, s in node_shapes(gm, x1).items()}
+    sim = TwoPhaseSimulator(plan)
+    zeros = {n: torch.zeros(node_shapes(gm, x1)[n], dtype=torch.float64, device=x1.device)
+             for n in list(plan.spikers) + [p for p in plan.pools] + [plan.input]}
+    theta_maps = sim._theta_maps(zeros)
+    layers = {}
+    for a, m in acts.items():
+        put(f"{a.name}.theta", m.theta if torch.is_tensor(m.theta) else torch.tensor(m.theta))
+        put(f"{a.name}.theta_map", theta_maps[a])
+        rec = {"layer_name": m.layer_name, "phi": float(m.phi), "depth": plan.depth[a],
+               "accumulate_window": plan.accumulate_window[a], "per_channel": m.per_channel}
+        if m.shift is not None:
+            put(f"{a.name}.shift", m.shift)
+            rec["shift"] = True
+        layers[a.name] = rec
+    for p in plan.pools:
+        if not plan.is_analog(p):
+            put(f"{p.name}.theta_map", theta_maps[p])
+
+    def region(r):
+        return {"sources": [s.name for s in r.sources], "nodes": [n.name for n in r.nodes], "value": r.value.name}
+
+    order = []
+    for n in gm.graph.nodes:
+        if n in plan.pools:
+            order.append({"kind": "analog_pool" if plan.is_analog(n) else "train_pool", "name": n.name})
+        elif n in plan.regions:
+            order.append({"kind": "output" if n is plan.output else "layer", "name": n.name})
+    doc = {
+        "format": "spikeconverter-bundle", "version": 1, "timesteps": snn.timesteps, "beta": betas.pop(),
+        "input": plan.input.name, "input_shape": list(snn.input_shape), "input_bits": INPUT_BITS,
+        "graph": graph, "modules": modules, "shapes": shapes,
+        "regions": {s.name: region(r) for s, r in plan.regions.items()},
+        "pools": {p.name: region(r) for p, r in plan.pools.items()},
+        "layers": layers, "order": order,
+        "schedule": {"spiking_depth": plan.spiking_depth, "latency_steps": snn.latency_steps,
+                     "steps_per_input": snn.timesteps,
+                     "windows": {a.name: {"accumulate": plan.accumulate_window[a], "generate": plan.depth[a]}
+                                 for a in plan.spikers},
+                     "output_accumulate": plan.accumulate_window[plan.output]},
+        "bounds": [list(b) for b in snn.exact_bounds],
+    }
+    (directory / "bundle.json").write_text(json.dumps(doc, indent=1) + "\n")
+    np.savez(directory / "tensors.npz", **tensors)
+    shutil.copyfile(Path(__file__).with_name("bundle_executor.py"), directory / "run.py")
+    return directory
+
