@@ -197,13 +197,14 @@ def test_ctrl_c_in_train_says_what_is_kept(tmp_path):
                           "--test-limit", "100", "--epochs", "50", "--batch-size", "64", "--out", str(out), "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
+        # generous waits: on a loaded 2-core CI box an epoch and the shutdown each took over a minute
+        deadline = time.time() + 300
         while not out.exists() and time.time() < deadline:
             time.sleep(0.2)
         assert out.exists(), "no epoch finished in time"
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=240)
     finally:
         p.kill()
     assert p.returncode == 130 and "interrupted" in err and "after epoch" in err and "--resume" in err, err
