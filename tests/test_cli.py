@@ -268,6 +268,7 @@ def test_convert_saves_a_file_that_evaluate_measures_unchanged(tmp_path):
     assert r.returncode == 2 and "converted for T = 4" in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 @needs_shipped
 def test_finetune_cli_writes_a_network_that_evaluate_reads(tmp_path):
     out = tmp_path / "ft.snn"

@@ -33,6 +33,7 @@ def test_two_processes_equal_one(tmp_path):
             assert a[k] == b[k], k  # bit for bit: sums are added in batch order on rank 0
 
 
+@pytest.mark.slow
 @needs_shipped
 def test_sweep_two_processes_equal_one(tmp_path):
     args = ["--threads", "1", "sweep", "--model", "resnet20", "-T", "3", "--rate-T", "8", "16", "--limit", "300",

@@ -36,17 +36,22 @@ def test_executor_equals_fixed_point_engine(name, T, tmp_path):
     check(snn, torch.randn((4,) + shape, generator=g, dtype=torch.float64) * 2, tmp_path)
 
 
-def test_executor_on_resnet20_and_per_channel_thresholds(tmp_path):
+@pytest.mark.slow
+def test_executor_on_resnet20(tmp_path):
     torch.manual_seed(0)
     model = randomize_bn(sc.models.create("resnet20")).double()
     g = torch.Generator().manual_seed(22)
     calib = torch.randn(16, 3, 32, 32, generator=g, dtype=torch.float64)
     x = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
-    check(sc.convert(model, calib, timesteps=6, fixed_point=True, threshold="max"), x, tmp_path / "a")
+    check(sc.convert(model, calib, timesteps=6, fixed_point=True, threshold="max"), x, tmp_path)
+
+
+def test_executor_with_per_channel_thresholds_and_bias_correction(tmp_path):
+    g = torch.Generator().manual_seed(22)
     vgg, shape = make("vgg_maxpool", seed=3)
     check(sc.convert(vgg, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=5,
                      fixed_point=True, per_channel=True, bias_correction=True),
-          torch.randn((3,) + shape, generator=g, dtype=torch.float64), tmp_path / "b")
+          torch.randn((3,) + shape, generator=g, dtype=torch.float64), tmp_path)
 
 
 def test_bundle_layout_and_run_py_without_torch(tmp_path):
