@@ -43,7 +43,9 @@ def test_executor_on_resnet20(tmp_path):
     g = torch.Generator().manual_seed(22)
     calib = torch.randn(16, 3, 32, 32, generator=g, dtype=torch.float64)
     x = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
-    check(sc.convert(model, calib, timesteps=6, fixed_point=True, threshold="max"), x, tmp_path)
+    for coding in ("analog", "spike"):
+        check(sc.convert(model, calib, timesteps=6, fixed_point=True, threshold="max", input_coding=coding), x,
+              tmp_path / coding)
 
 
 def test_executor_with_per_channel_thresholds_and_bias_correction(tmp_path):
@@ -77,10 +79,21 @@ def test_bundle_layout_and_run_py_without_torch(tmp_path):
     assert np.array_equal(np.load(tmp_path / "y.npy"), snn.simulate(x).logits.numpy())
 
 
+@pytest.mark.parametrize("name", ["vgg_maxpool", "concat"])
+def test_executor_with_spike_coded_input(name, tmp_path):
+    model, shape = make(name, seed=5)
+    g = torch.Generator().manual_seed(5)
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=5,
+                     fixed_point=True, input_coding="spike", threshold="max")
+    check(snn, torch.randn((3,) + shape, generator=g, dtype=torch.float64), tmp_path)
+
+
 def test_export_refusals(tmp_path):
     model, shape = make("vgg_maxpool")
     calib = torch.randn((8,) + shape, dtype=torch.float64)
     with pytest.raises(ValueError, match="fixed_point=True"):
         sc.convert(model, calib, timesteps=3).export(tmp_path)
-    with pytest.raises(ValueError, match="spike-coded input"):
-        sc.convert(model, calib, timesteps=3, fixed_point=True, input_coding="spike").export(tmp_path)
+    with pytest.raises(ValueError, match="does not implement ConvTranspose2d"):
+        up = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.ConvTranspose2d(4, 2, 2, 2),
+                                 torch.nn.ReLU()).double()
+        sc.convert(up, calib, timesteps=3, fixed_point=True).export(tmp_path)

@@ -291,6 +291,14 @@ class Bundle:
         logits = None
         for item in self.doc["order"]:
             kind, name = item["kind"], item["name"]
+            if kind == "coder":  # spike-coded input: ON spikes code x+, OFF spikes x-, each a greedy train
+                layer, th = self.doc["layers"][name], self.dy(f"{name}.theta")
+                v = add(xin, self.dy(f"{name}.shift")) if "shift" in layer else xin
+                off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
+                pos, neg = generate(add(v, off), th, T, b2), generate(add(Dy(-v.a, v.e), off), th, T, b2)
+                trains[name] = pos - neg
+                counts[layer["layer_name"]] = np.abs(trains[name]).reshape(T, B, -1).sum((0, 2))
+                continue
             if kind == "analog_pool":
                 reg = self.doc["pools"][name]
                 analog[name] = self.region(reg, {s: analog[s] for s in reg["sources"]}, True)
@@ -337,23 +345,27 @@ class Bundle:
             if layer is None:  # the output
                 logits = v.float()
                 continue
-            th = self.dy(f"{name}.theta")
-            e = max(v.e, th.e)
-            va, ta = v.at(e), th.at(e)
-            spikes = []
-            for _ in range(T):
-                # V >= 2 theta spikes at every later step and V < 0 never does: holding V in
-                # [-1, 2 theta] changes no spike and keeps 2V inside int64 (the float engine lets
-                # it grow; only the spikes leave a layer)
-                va = np.clip(va, -1, 2 * ta)
-                if b2:
-                    va = _checked(va * 2, va, 1)
-                s = va >= ta
-                va = va - np.where(s, ta, 0)
-                spikes.append(s.astype(np.int64))
-            trains[name] = np.stack(spikes)
+            trains[name] = generate(v, self.dy(f"{name}.theta"), T, b2)
             counts[layer["layer_name"]] = trains[name].reshape(T, B, -1).sum((0, 2))
         return logits, counts
+
+
+def generate(v: Dy, theta: Dy, T: int, b2: bool) -> np.ndarray:
+    """The generate phase: T steps of V <- beta V; spike where V >= theta; V -= theta. [T, ...] 0/1."""
+    e = max(v.e, theta.e)
+    va, ta = v.at(e), theta.at(e)
+    spikes = []
+    for _ in range(T):
+        # V >= 2 theta spikes at every later step and V < 0 never does: holding V in [-1, 2 theta]
+        # changes no spike and keeps 2V inside int64 (the float engine lets it grow; only the
+        # spikes leave a layer)
+        va = np.clip(va, -1, 2 * ta)
+        if b2:
+            va = _checked(va * 2, va, 1)
+        s = va >= ta
+        va = va - np.where(s, ta, 0)
+        spikes.append(s.astype(np.int64))
+    return np.stack(spikes)
 
 
 def _flatten(x: Dy, start, end) -> Dy:

@@ -70,8 +70,6 @@ def export(snn, directory) -> Path:
 
     if snn.method != "spikeconverter" or snn.exact_bounds is None:
         raise ValueError("export needs a fixed-point two-phase network: convert(..., fixed_point=True)")
-    if snn.input_coding != "analog":
-        raise ValueError("export: spike-coded input is not exported yet (use input_coding='analog')")
     plan, gm = snn.plan, snn.gm
     acts = {a: gm.get_submodule(a.target) for a in plan.spikers}
     betas = {float(m.beta) for m in acts.values()}
@@ -115,7 +113,8 @@ def export(snn, directory) -> Path:
         put(f"{a.name}.theta", m.theta if torch.is_tensor(m.theta) else torch.tensor(m.theta))
         put(f"{a.name}.theta_map", theta_maps[a])
         rec = {"layer_name": m.layer_name, "phi": float(m.phi), "depth": plan.depth[a],
-               "accumulate_window": plan.accumulate_window[a], "per_channel": m.per_channel}
+               "accumulate_window": plan.accumulate_window.get(a), "per_channel": m.per_channel,
+               "signed": bool(m.signed)}
         if m.shift is not None:
             put(f"{a.name}.shift", m.shift)
             rec["shift"] = True
@@ -127,7 +126,7 @@ def export(snn, directory) -> Path:
     def region(r):
         return {"sources": [s.name for s in r.sources], "nodes": [n.name for n in r.nodes], "value": r.value.name}
 
-    order = []
+    order = [{"kind": "coder", "name": plan.coder.name}] if plan.coder is not None else []
     for n in gm.graph.nodes:
         if n in plan.pools:
             order.append({"kind": "analog_pool" if plan.is_analog(n) else "train_pool", "name": n.name})
@@ -142,7 +141,7 @@ def export(snn, directory) -> Path:
         "layers": layers, "order": order,
         "schedule": {"spiking_depth": plan.spiking_depth, "latency_steps": snn.latency_steps,
                      "steps_per_input": snn.timesteps,
-                     "windows": {a.name: {"accumulate": plan.accumulate_window[a], "generate": plan.depth[a]}
+                     "windows": {a.name: {"accumulate": plan.accumulate_window.get(a), "generate": plan.depth[a]}
                                  for a in plan.spikers},
                      "output_accumulate": plan.accumulate_window[plan.output]},
         "bounds": [list(b) for b in snn.exact_bounds],
