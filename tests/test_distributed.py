@@ -56,4 +56,23 @@ def test_other_commands_refuse_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert main(["show", "--out", "x.png"]) == 2
-    assert "only evaluate and sweep are sharded" in capsys.readouterr().err
+    assert "only evaluate, sweep and train are distributed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_with_two_processes(tmp_path):
+    """DDP on gloo: both ranks step together, rank 0 writes the run file; it resumes in one process."""
+    out = tmp_path / "r.safetensors"
+    args = ["--threads", "1", "train", "--model", "resnet20", "--limit", "256", "--test-limit", "100", "--epochs", "2",
+            "--batch-size", "32", "--stop-after", "1", "--out", str(out), "--quiet"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        "29519", "-m", "spikeconverter.cli", *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from spikeconverter.checkpoint import read_metadata
+
+    meta = read_metadata(out)
+    assert meta["epoch"] == 1 and meta["processes"] == 2 and meta["history"][0]["loss"] > 0
+    r = subprocess.run([sys.executable, "-m", "spikeconverter.cli", *args[:-5], "--out", str(out), "--resume",
+                        "--quiet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_metadata(out)["epoch"] == 2

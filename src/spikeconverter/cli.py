@@ -30,7 +30,8 @@ def _train(args) -> int:
         done = read_metadata(Path(args.out)).get("epoch", 0) if Path(args.out).exists() else 0
         print(f"interrupted; {args.out} keeps the run after epoch {done} (continue with --resume)", file=sys.stderr)
         return 130
-    print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
+    if distributed.rank() == 0:
+        print(f"{cfg.model}/{cfg.dataset}: epoch {meta['epoch']}/{meta['epochs']}, test accuracy {meta['test_acc']:.2f}%")
     return 0
 
 
@@ -415,9 +416,9 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.global_threads)
     if distributed.active():
-        if args.func not in (_evaluate, _sweep):
-            print(f"spikeconverter: error: {args.command} runs in one process; under torchrun only evaluate and "
-                  "sweep are sharded", file=sys.stderr)
+        if args.func not in (_evaluate, _sweep, _train):
+            print(f"spikeconverter: error: {args.command} runs in one process; under torchrun only evaluate, "
+                  "sweep and train are distributed", file=sys.stderr)
             return 2
         distributed.setup()
         args.quiet = args.quiet or distributed.rank() != 0

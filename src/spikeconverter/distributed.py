@@ -82,6 +82,24 @@ def shared_network(build):
         return load(path)
 
 
+def barrier() -> None:
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sums over the ranks (float64)."""
+    if not active():
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def mine(i: int) -> bool:
     """Does batch ``i`` belong to this rank?"""
     return i % world_size() == rank()

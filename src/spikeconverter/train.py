@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import export_weights, load_tensors, save_tensors
 from .data import load_dataset, loader
 from .models import create
@@ -167,7 +168,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    steps_per_epoch = len(loader(train_ds, cfg.batch_size, train=True))
+    # torchrun: data-parallel (DDP, gradients averaged over the ranks); batch i of an epoch goes to
+    # rank i mod N, every rank takes the same number of steps, rank 0 scores and writes the run file
+    world, rank = distributed.world_size(), distributed.rank()
+    net = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = len(loader(train_ds, cfg.batch_size, train=True)) // world
     total = steps_per_epoch * cfg.epochs
     meta = {}
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
@@ -181,7 +190,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
 
             it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
         t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
-        for i, (x, y) in enumerate(it):
+        for j, (x, y) in enumerate(it):
+            if j % world != rank or j >= steps_per_epoch * world:
+                continue
+            i = j // world
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
@@ -189,7 +201,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model(x)
+                logits = net(x)
                 loss = crit(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,6 +212,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             if progress and i % 20 == 0:
                 it.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
         train_time = time.time() - t0
+        seen, correct, loss_sum = distributed.all_sum([seen, correct, loss_sum])
+        if rank != 0:
+            continue
         test_acc = evaluate_accuracy(model, test_ds)
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": 100 * correct / seen,
                         "test_acc": test_acc, "seconds": round(train_time, 1)})
@@ -207,14 +222,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 "seed": cfg.seed, "test_acc": test_acc, "data": getattr(test_ds, "source", ""),
                 "image_size": getattr(test_ds, "crop", None) or test_ds.info.image_size,
                 "config": _portable(asdict(cfg)), "history": history}
+        if world > 1:
+            meta["processes"] = world
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update(_optim_tensors(opt))
         save_tensors(out, tensors, meta)
         if progress:
             print(json.dumps(history[-1]), flush=True)
+    distributed.barrier()  # the other ranks read what rank 0 wrote
     if not meta:
         _, meta = load_tensors(out)
-    if export is not None and meta["epoch"] == meta["epochs"]:
+    if export is not None and meta["epoch"] == meta["epochs"] and rank == 0:
         model = model.to(memory_format=torch.contiguous_format)
         exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data", "image_size") if k in meta}
         exp_meta["config"] = meta["config"]
