@@ -10,7 +10,7 @@ conversion of the same float ANN at the same T with the default calibration (per
 correction, 512 training images). The v0.1 post-training rows and the rate baseline come from
 docs/results.json (``paper_table.py``). QCFS (Bu et al., ICLR 2022) trains its own ANNs, so its
 published figures are shown as losses against its own ANN, marked as published.
-``--write`` fills the finetune section of docs/results.md (paper_table.py keeps it), writes
+``--write`` fills the finetune sections of docs/results.md (paper_table.py keeps it) and the README, writes
 docs/finetune.json and docs/acc_vs_latency_<model>.png.
 """
 
@@ -139,6 +139,24 @@ def plot(data: dict) -> list[Path]:
     return paths
 
 
+def readme_lines(data: dict) -> str:
+    out = [START]
+    for model, entry in data["models"].items():
+        rows = {(r["method"], r["timesteps"]): r for r in entry["rows"]}
+        parts = []
+        for T in sorted({t for _, t in rows}):
+            ft, post = rows.get(("fine-tuned", T)), rows.get(("post-training (default calibration)", T))
+            if ft:
+                parts.append(f"T = {T} (latency {ft['latency_steps']} steps): fine-tuned {ft['accuracy']:.2f} % "
+                             f"({ft['difference_pp']:+.2f} pp)" + (f", post-training {post['accuracy']:.2f} % "
+                                                                   f"({post['difference_pp']:+.2f} pp)" if post else ""))
+        out.append(f"Fine-tuned {model} (ANN {entry['ann_accuracy']:.2f} %, {rows[next(iter(rows))]['images']:,} test "
+                   f"images): " + "; ".join(parts) + ". Table, QCFS's published losses and the accuracy-vs-latency "
+                   "plot: [docs/results.md](docs/results.md#fine-tuning-for-few-time-steps).")
+    out.append(END)
+    return "\n".join(out)
+
+
 def write(data: dict) -> None:
     (DOCS / "finetune.json").write_text(json.dumps(data, indent=2) + "\n")
     md = DOCS / "results.md"
@@ -150,6 +168,14 @@ def write(data: dict) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     md.write_text(text)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = readme_lines(data)
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: block, text, flags=re.S)
+    else:  # after the results section
+        text = text.replace("<!-- results:end -->", "<!-- results:end -->\n\n" + block, 1)
+    readme.write_text(text)
     for p in plot(data):
         print(f"wrote {p.relative_to(ROOT)}")
     print(f"wrote {md.relative_to(ROOT)} and docs/finetune.json")
