@@ -165,6 +165,8 @@ def adaptive_avg(x: Dy, out) -> Dy:
 
 
 def _dec(v, env):
+    # serialize._dec's reading of the same tags, repeated on purpose: this file runs without torch
+    # (and without the package), so it cannot import serialize
     if isinstance(v, list):
         return [_dec(a, env) for a in v]
     if not isinstance(v, dict):

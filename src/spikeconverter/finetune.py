@@ -94,11 +94,8 @@ def _batches(data, batch_size: int, seed: int):
     """(x, y) batches: an in-memory dataset is shuffled and augmented as in training; anything else
     is taken as an iterable of (x, y) batches as it is."""
     from .data import loader
-    from .data.datasets import ArrayDataset
 
-    if isinstance(data, ArrayDataset):
-        return loader(data, batch_size, train=True, seed=seed)
-    if isinstance(data, torch.utils.data.Dataset):
+    if isinstance(data, torch.utils.data.Dataset):  # ArrayDataset included
         return loader(data, batch_size, train=True, seed=seed)
     return data
 
