@@ -330,33 +330,21 @@ def _dtype(gm) -> torch.dtype:
     return param.dtype if param is not None else torch.float32
 
 
-class _Enough(Exception):
-    """Raised by a hook once every observed layer has seen the batch: the rest of the pass is unused."""
-
-
-def _run(gm, batches, watch=None) -> dict:
+def _run(gm, batches) -> dict:
     """Run batches through gm (whatever modes its activations are in); returns, per spiking module,
-    the shape of its output for one sample. ``watch``: modules after which the pass may stop."""
+    the shape of its output for one sample."""
     shapes: dict = {}
-    pending: set = set()
 
     def hook(mod, inp, out):
         shapes[mod] = tuple(out.shape[1:])
-        if watch is not None:
-            pending.discard(mod)
-            if not pending:
-                raise _Enough
 
     hooks = [m.register_forward_hook(hook) for m in gm.modules() if isinstance(m, SpikeActivation)]
     n = 0
     try:
         with torch.no_grad():
             for _, x in batches:
-                pending = set(watch or ())
                 try:
                     gm(x)
-                except _Enough:
-                    pass
                 except (RuntimeError, IndexError) as e:
                     raise _rejected(x, e) from None
                 n += 1
@@ -419,6 +407,47 @@ def _channel_shape(theta: torch.Tensor, out_shape: tuple) -> torch.Tensor:
 
 
 STAGE_BATCH = 128  # staged calibration holds a float pass's activations per batch: bound its size
+
+
+class _ResumablePass:
+    """The calibration batches run through the graph in pieces, depth by depth. ``advance(d)``
+    evaluates every node whose spiking layers (itself and upstream) all have depth < d -- those are
+    calibrated, so their values are final -- and keeps, per batch, only the values a node not yet
+    evaluated still reads. Staged calibration thus costs about one pass of the network instead of
+    one pass from the input per spiking depth (ResNet-34: 33). Evaluating nodes out of the graph's
+    order is safe because the prepared graph has no in-place ops (graph.functionalize)."""
+
+    def __init__(self, plan: GraphPlan, batches: list):
+        self.gm, self.batches = plan.gm, batches
+        self.nodes = [n for n in plan.gm.graph.nodes if n.op != "output"]
+        depth = {a: plan.depth[a] for a in plan.spikers}
+        self.need: dict = {}
+        for n in self.nodes:
+            self.need[n] = max([self.need[i] for i in n.all_input_nodes] + [depth.get(n, -1)])
+        self.done: set = set()
+        self.envs = [{} for _ in batches]
+        self.interp = torch.fx.Interpreter(plan.gm)
+
+    def advance(self, d: int) -> None:
+        todo = [n for n in self.nodes if n not in self.done and self.need[n] < d]
+        self.done.update(todo)
+        with torch.no_grad():
+            for env, (_, x) in zip(self.envs, self.batches):
+                self.interp.env, self.interp.args_iter = env, iter([x])
+                for n in todo:
+                    try:
+                        env[n] = self.interp.run_node(n)
+                    except (RuntimeError, IndexError) as e:
+                        raise _rejected(x, e) from None
+                for n in [n for n in env if all(u in self.done for u in n.users)]:
+                    del env[n]
+
+    def call(self, b: int, node):
+        """Run ``node`` (its inputs are evaluated) on batch b; its value is not kept."""
+        self.interp.env = self.envs[b]
+        args, kwargs = self.interp.fetch_args_kwargs_from_env(node)
+        with torch.no_grad():
+            return self.interp.call_module(node.target, args, kwargs)
 
 
 def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta, timesteps, phi, *,
@@ -490,24 +519,33 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
             chosen[a] = (theta, betas[a], err)
         return input_shape, neurons, chosen
 
-    def modes(stage, float_pass):
+    # Depth by depth, each batch continues from the values the previous depth left (not from the
+    # input again): the quantized network, and for sequential also the float one beside it.
+    quantized = _ResumablePass(plan, batches)
+    floating = _ResumablePass(plan, batches) if sequential else None
+
+    def set_modes(quantize: bool):
         for a, m in mods.items():
-            if a in stage:
-                m.mode, m.observer.capture = "observe", float_pass
-            else:
-                m.mode = "quantize" if (a in chosen and not float_pass) else "ann"
+            m.mode = "quantize" if (quantize and a in chosen) else "ann"
 
     for d in sorted({plan.depth[a] for a in plan.spikers}):
         stage = [a for a in plan.spikers if plan.depth[a] == d]
         for a in stage:
             mods[a].observer = ChannelObserver(signed=mods[a].signed, means_only=not sequential)
-        watch = {mods[a] for a in stage}
-        for batch in batches:
-            if sequential:
-                modes(stage, float_pass=True)
-                _run(gm, [batch], watch=watch)
-            modes(stage, float_pass=False)
-            _run(gm, [batch], watch=watch)
+        if sequential:
+            set_modes(quantize=False)
+            floating.advance(d)
+        set_modes(quantize=True)
+        quantized.advance(d)
+        for a in stage:
+            mods[a].mode = "observe"
+        for b in range(len(batches)):
+            for a in stage:
+                if sequential:  # the pair: the float ANN's z first, then z at the same positions, quantized
+                    mods[a].observer.capture = True
+                    floating.call(b, a)
+                mods[a].observer.capture = False
+                quantized.call(b, a)
         for a in stage:
             m, obs = mods[a], mods[a].observer
             shift = None
