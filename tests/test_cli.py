@@ -196,8 +196,10 @@ def test_ctrl_c_in_train_says_what_is_kept(tmp_path):
     import time
 
     out = tmp_path / "r.safetensors"
-    p = subprocess.Popen([sys.executable, "-m", "spikeconverter.cli", "--threads", "1", "train", "--limit", "256",
-                          "--test-limit", "100", "--epochs", "50", "--batch-size", "64", "--out", str(out), "--quiet"],
+    # -X faulthandler: if the child does not stop, SIGABRT makes it print every thread's stack (below)
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "spikeconverter.cli", "--threads", "1", "train",
+                          "--limit", "256", "--test-limit", "100", "--epochs", "50", "--batch-size", "64",
+                          "--out", str(out), "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # generous waits: on a loaded 2-core CI box an epoch and the shutdown each took over a minute
@@ -207,7 +209,12 @@ def test_ctrl_c_in_train_says_what_is_kept(tmp_path):
         assert out.exists(), "no epoch finished in time"
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=240)
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)
+            _, err = p.communicate(timeout=60)
+            pytest.fail(f"the interrupted child did not exit within 240 s; its stacks on SIGABRT:\n{err[-6000:]}")
     finally:
         p.kill()
     assert p.returncode == 130 and "interrupted" in err and "after epoch" in err and "--resume" in err, err
