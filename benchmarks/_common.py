@@ -50,3 +50,24 @@ def best_time(fn, reps: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def replace_section(path: Path, name: str, block: str, heading: str | None = None,
+                    after: str | None = None) -> None:
+    """Put ``block`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path`` (a results
+    script owns its section; paper_table.py keeps sections it does not produce). ``heading`` (a
+    "## ..." line) goes before the markers; a new section goes after the marker line ``after`` if
+    given and present, else at the end."""
+    import re
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = (f"{heading}\n\n" if heading else "") + f"{start}\n{block.strip()}\n{end}"
+    text = path.read_text()
+    if start in text:
+        pattern = (r"(## [^\n]*\n\n)?" if heading else "") + re.escape(start) + ".*?" + re.escape(end)
+        text = re.sub(pattern, lambda m: section, text, count=1, flags=re.S)
+    elif after and after in text:
+        text = text.replace(after, after + "\n\n" + section, 1)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)

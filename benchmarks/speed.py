@@ -18,17 +18,21 @@ import _common
 
 
 @torch.no_grad()
-def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4, 8, 16), reps: int = 5) -> dict:
-    ckpt = _common.checkpoint_for(model_name)
+def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4, 8, 16), reps: int = 5,
+            dataset: str = "cifar10", checkpoint: str | None = None) -> dict:
+    ckpt = _common.checkpoint_for(model_name, dataset, override=checkpoint)
+    info = {}
     if ckpt:
-        net, _ = load_model(model_name, "cifar10", ckpt)
+        net, info = load_model(model_name, dataset, ckpt)
         weights = "shipped checkpoint"
     else:  # speed does not depend on the weights' values: random weights, said so in the output
         torch.manual_seed(0)
-        net = sc.models.create(model_name).eval()
+        net = sc.models.create(model_name, dataset=dataset).eval()
         weights = "random weights (no shipped checkpoint)"
+    ds = sc.data.DATASETS[dataset]
+    side = info.get("image_size") or ds.image_size  # photos: the side the checkpoint was trained at
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=g)
+    x = torch.randn(batch, ds.channels, side, side, generator=g)
     xs = x[:sim_batch]
     t_ann = _common.best_time(lambda: net(x), reps)
     t_ann_small = _common.best_time(lambda: net(xs), reps)
@@ -44,8 +48,14 @@ def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4
                      "simulate_ratio": t_sim / t_ann_small,
                      "img_per_s_fast": batch / t_fast, "img_per_s_compiled": batch / t_comp,
                      "img_per_s_simulate": sim_batch / t_sim})
-    return {"model": model_name, "weights": weights, "batch": batch, "sim_batch": sim_batch,
+    return {"model": model_name, "dataset": dataset, "image_size": side, "weights": weights, "batch": batch,
+            "sim_batch": sim_batch,
             "img_per_s_ann": batch / t_ann, "rows": rows}
+
+
+def _label(r: dict) -> str:
+    ds = r.get("dataset", "cifar10")
+    return r["model"] if ds == "cifar10" else f"{r['model']} ({ds}, {r['image_size']} px)"
 
 
 def format_speed(results: list[dict], machine: str) -> str:
@@ -56,7 +66,7 @@ def format_speed(results: list[dict], machine: str) -> str:
              "|---|---|---|---|---|---|"]
     for r in results:
         for row in r["rows"]:
-            lines.append(f"| {r['model']} | {row['T']} | {r['img_per_s_ann']:,.0f} | "
+            lines.append(f"| {_label(r)} | {row['T']} | {r['img_per_s_ann']:,.0f} | "
                          f"{row['fast_ratio']:.2f}x ({row['img_per_s_fast']:,.0f} img/s) | "
                          f"{row['compiled_ratio']:.2f}x ({row['img_per_s_compiled']:,.0f} img/s) | "
                          f"{row['simulate_ratio']:.1f}x ({row['img_per_s_simulate']:,.1f} img/s) |")
@@ -68,13 +78,14 @@ def format_speed(results: list[dict], machine: str) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["resnet20", "vgg16", "mobilenet_v2"])
+    ap.add_argument("--dataset", default="cifar10", help="input shape and checkpoint (imagenette: its trained side)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [measure(m, args.batch) for m in args.models]
+    results = [measure(m, args.batch, dataset=args.dataset) for m in args.models]
     print(format_speed(results, _common.machine()))
     if args.json:
         with open(args.json, "w") as f:

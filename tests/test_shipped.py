@@ -9,14 +9,18 @@ import pytest
 import spikeconverter as sc
 from spikeconverter.models import shipped_checkpoint
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SHARED = DATASETS / "cifar10-jpeg.tar.gz"
 MODELS = ["resnet20", "vgg16", "mobilenet_v2"]
+# The ImageNet-shaped networks trained on Imagenette (real photos, at the side their metadata names)
+PHOTO_MODELS = ["resnet34", "mobilenet_v2"]
+EVERY = [(m, "cifar10") for m in MODELS] + [(m, "imagenette") for m in PHOTO_MODELS]
 
 
-def shipped(name):
-    p = shipped_checkpoint(name, "cifar10")
+def shipped(name, dataset="cifar10"):
+    p = shipped_checkpoint(name, dataset)
     if p is None:
-        pytest.skip(f"no shipped {name} checkpoint yet")
+        pytest.skip(f"no shipped {name}/{dataset} checkpoint yet")
     return p, json.loads(p.with_suffix(".json").read_text())
 
 
@@ -25,43 +29,52 @@ def test_at_least_resnet20_is_shipped():
     assert "cifar10" in sc.models.available()["resnet20"]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_loads_with_consistent_metadata(name):
-    path, meta = shipped(name)
-    m = sc.models.create(name, pretrained=True)
+@pytest.mark.parametrize("name,dataset", EVERY)
+def test_loads_with_consistent_metadata(name, dataset):
+    path, meta = shipped(name, dataset)
+    m = sc.models.create(name, dataset=dataset, pretrained=True)
     assert not m.training
-    assert meta["arch"] == name and meta["dataset"] == "cifar10" and meta["epochs"] == meta["config"]["epochs"]
+    assert meta["arch"] == name and meta["dataset"] == dataset and meta["epochs"] == meta["config"]["epochs"]
     assert meta["storage"] in ("float16", "float32") and 10.0 < meta["test_acc"] <= 100.0
-    assert "cifar10-jpeg" in meta["data"]  # trained and measured on the JPEG copy
+    if dataset == "cifar10":
+        assert "cifar10-jpeg" in meta["data"]  # trained and measured on the JPEG copy
+    else:  # photos: the side it was trained at is recorded (evaluation crops to it)
+        assert "imagenette" in meta["data"] and meta["image_size"] == meta["config"]["image_size"]
 
 
-def _test_set():
-    if not SHARED.exists():
-        pytest.skip("shared datasets not beside this checkout")
+def _test_set(dataset="cifar10", meta=None):
     from spikeconverter.data import load_dataset
 
-    return load_dataset("cifar10", "test", str(SHARED))
+    if dataset == "cifar10":
+        if not SHARED.exists():
+            pytest.skip("shared datasets not beside this checkout")
+        return load_dataset("cifar10", "test", str(SHARED))
+    if not (DATASETS / "imagenette-224.tar.gz").exists():
+        pytest.skip("shared Imagenette archive not beside this checkout")
+    return load_dataset(dataset, "test", str(DATASETS), image_size=meta["image_size"])
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_sane_on_500_test_images(name):
-    """Cheap guard against a broken export (wrong keys, bad fp16 cast): accuracy on 500 random test
-    images is within 5 pp of the full-set figure the metadata claims."""
-    _, meta = shipped(name)
+@pytest.mark.parametrize("name,dataset", EVERY)
+def test_sane_on_500_test_images(name, dataset):
+    """Cheap guard against a broken export (wrong keys, bad fp16 cast, wrong evaluation side):
+    accuracy on 500 random test images is within 5 pp of the full-set figure the metadata claims."""
+    _, meta = shipped(name, dataset)
     from spikeconverter.evaluate import _subset
     from spikeconverter.train import evaluate_accuracy
 
-    acc = evaluate_accuracy(sc.models.create(name, pretrained=True), _subset(_test_set(), 500, 0))
+    model = sc.models.create(name, dataset=dataset, pretrained=True)
+    acc = evaluate_accuracy(model, _subset(_test_set(dataset, meta), 500, 0))
     assert abs(acc - meta["test_acc"]) < 5.0, (acc, meta["test_acc"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
-def test_claimed_accuracy_reproduces_exactly(name):
-    _, meta = shipped(name)
+@pytest.mark.parametrize("name,dataset", EVERY)
+def test_claimed_accuracy_reproduces_exactly(name, dataset):
+    _, meta = shipped(name, dataset)
     from spikeconverter.train import evaluate_accuracy
 
-    assert evaluate_accuracy(sc.models.create(name, pretrained=True), _test_set()) == meta["test_acc"]
+    model = sc.models.create(name, dataset=dataset, pretrained=True)
+    assert evaluate_accuracy(model, _test_set(dataset, meta)) == meta["test_acc"]
 
 
 FINETUNED = [("resnet20", 2), pytest.param("resnet20", 3, marks=pytest.mark.slow)]

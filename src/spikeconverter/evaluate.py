@@ -402,6 +402,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                              energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
                              images=len(rate_test)))
     return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
+            "image_size": info.get("image_size"),
             "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
             "rate_images": len(rate_test), "calibration_images": len(calib), "calibration_options": options,
             "energy_convention": ENERGY_CONVENTION,
