@@ -43,6 +43,12 @@ SPEED_T = (4, 8)
 SPEED_BATCH = 64
 
 
+def _stamp(t0: float, machine: str) -> dict:
+    """How long a part took, when and where (kept in the JSON beside its figures)."""
+    return {"seconds": round(time.time() - t0, 1), "machine": machine,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
 def measure(models, args, old: dict) -> dict:
     out = {"machine": _common.machine(), "dataset": DATASET, "sweeps": {}, "speed": [], "timing": {}}
     for m in models:
@@ -56,8 +62,7 @@ def measure(models, args, old: dict) -> dict:
         r = sweep(model=m, dataset=DATASET, timesteps=args.timesteps or budget["our_T"], rate_timesteps=RATE_T,
                   limit=args.limit, rate_limit=args.rate_images or budget["rate_images"], extra_betas=(1.0,),
                   extra_beta_timesteps=args.ablation_T or budget["ablation_T"], quiet=True, checkpoint=args.checkpoint)
-        out["timing"][m] = {"seconds": round(time.time() - t0, 1), "machine": out["machine"],
-                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        out["timing"][m] = _stamp(t0, out["machine"])
         print(format_sweep(r), flush=True)
         out["sweeps"][m] = r
     if "speed" in args.reuse:
@@ -68,8 +73,7 @@ def measure(models, args, old: dict) -> dict:
         t0 = time.time()
         out["speed"] = [speed.measure(m, batch=SPEED_BATCH, sim_batch=4, timesteps=SPEED_T, reps=3, dataset=DATASET,
                                       checkpoint=args.checkpoint) for m in models]
-        out["timing"]["speed"] = {"seconds": round(time.time() - t0, 1), "machine": out["machine"],
-                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        out["timing"]["speed"] = _stamp(t0, out["machine"])
     return out
 
 

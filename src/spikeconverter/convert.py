@@ -418,7 +418,7 @@ class _ResumablePass:
     order is safe because the prepared graph has no in-place ops (graph.functionalize)."""
 
     def __init__(self, plan: GraphPlan, batches: list):
-        self.gm, self.batches = plan.gm, batches
+        self.batches = batches
         self.nodes = [n for n in plan.gm.graph.nodes if n.op != "output"]
         depth = {a: plan.depth[a] for a in plan.spikers}
         self.need: dict = {}
