@@ -215,3 +215,55 @@ def test_beta_search_with_sequential_calibration_stays_exact():
     model, shape = make("inverted_residual", seed=9)
     snn = sc.convert(model, data(shape, 32), timesteps=4, beta="search", **ALL)
     check_identical(snn, data(shape, 2, seed=3))
+
+
+@pytest.mark.parametrize("T,phi,paired,cap", [(1, 0.5, False, None), (3, 0.0, False, None), (4, 0.5, True, None),
+                                              (6, 0.5, False, 6.0), (2, 0.25, True, 1.0)])
+def test_binned_search_errors_match_a_float64_reference(T, phi, paired, cap):
+    """The search ranks candidate thresholds by an error computed from the sorted sample's prefix
+    sums; it must be the mean (a - q(z))^2 that the quantizer itself gives, element by element."""
+    from spikeconverter.calibrate import _activation, _candidate_errors
+    from spikeconverter.neuron import quantize_fast
+
+    g = torch.Generator().manual_seed(T)
+    C, S = 5, 4096
+    sample = (torch.randn(C, S, generator=g) * torch.rand(C, 1, generator=g) * 3 + 0.5).float()
+    sample[3] = -sample[3].abs()  # a dead channel: every value below the first edge
+    target = sample + 0.1 * torch.randn(C, S, generator=g) if paired else sample
+    a = _activation(target, cap)
+    errors = _candidate_errors(sample, a, 2.0, T, phi)
+    for scale in (0.05, 0.4, 1.0, 3.0):
+        theta = (sample.abs().amax(1) * scale / (1 - 2.0**-T)).float()
+        q = quantize_fast(sample.double(), theta.double()[:, None], 2.0, T, phi)  # exact, in float64
+        ref = ((a.double() - q) ** 2).mean(1)
+        assert torch.allclose(errors(theta), ref, rtol=1e-9, atol=1e-12), (scale, errors(theta), ref)
+
+
+def test_channel_observer_samples_every_channel_at_the_same_uniform_positions():
+    """Each element encodes where it came from: the sample of channel c holds channel c's values,
+    the paired target sits at the same positions, the exact means and maxima see every element, and
+    positions from each of 8 equal batches make up about 1/8 of the kept sample (uniform)."""
+    from spikeconverter.calibrate import ChannelObserver
+
+    N, C, H, W, B = 16, 3, 4, 4, 8
+    obs = ChannelObserver(sample_size=3 * 512, min_per_channel=1, max_per_channel=512)
+    total = torch.zeros(C, dtype=torch.float64)
+    for b in range(B):
+        pos = torch.arange(b * N * H * W, (b + 1) * N * H * W, dtype=torch.float64).reshape(N, 1, H, W)
+        z = pos + torch.arange(C, dtype=torch.float64).reshape(1, C, 1, 1) * 1e6  # value = channel * 1e6 + position
+        total += z.sum(dim=(0, 2, 3))
+        obs.capture = True
+        obs.update(z + 0.5)  # the float pass (paired mode)
+        obs.capture = False
+        obs.update(z)
+    assert obs.sample.shape == (C, 512) and obs.target.shape == (C, 512)
+    channel = torch.div(obs.sample, 1e6, rounding_mode="floor")
+    assert torch.equal(channel, torch.arange(C, dtype=torch.float32)[:, None].expand(C, 512))
+    position = obs.sample - channel * 1e6
+    assert torch.equal(position, position[:1].expand(C, 512))  # the same positions in every channel
+    assert torch.equal(obs.target - obs.sample, torch.full((C, 512), 0.5))
+    assert position.unique().numel() == 512  # without replacement
+    assert torch.allclose(obs.mean, total / (B * N * H * W)) and obs.count == B * N * H * W
+    assert torch.equal(obs.max, torch.arange(C, dtype=torch.float64) * 1e6 + B * N * H * W - 1)
+    per_batch = torch.bincount((position[0] // (N * H * W)).long(), minlength=B)
+    assert int(per_batch.min()) > 512 / B / 2 and int(per_batch.max()) < 512 / B * 2, per_batch
