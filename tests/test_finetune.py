@@ -108,3 +108,30 @@ def test_finetune_from_a_model_and_refusals():
     with pytest.raises(ValueError, match="fixed-point"):
         finetune(sc.convert(make("vgg_maxpool")[0], batches[0][0].double(), timesteps=3, fixed_point=True),
                  [(x.double(), y) for x, y in batches])
+
+
+def _kl_to(teacher, snn, batches) -> float:
+    with torch.no_grad():
+        return sum(float(torch.nn.functional.kl_div(torch.log_softmax(snn(x), 1), torch.softmax(teacher(x), 1),
+                                                    reduction="sum")) for x, _ in batches) / \
+            sum(len(y) for _, y in batches)
+
+
+def test_distillation_pulls_the_twin_towards_the_float_ann_and_converts_exactly(tmp_path):
+    model, shape = make("resnet_block", dtype=torch.float64)
+    with torch.no_grad():
+        model.fc.weight *= 20  # confident outputs: a distribution worth matching
+    data = _teacher_data(model, shape)
+    snn = sc.convert(model, data[0][0][:16], timesteps=2)
+    cfg = FinetuneConfig(lr=1e-4, theta_lr=1e-3, distill=1.0)  # the labels play no part
+    ft = finetune(model, data, timesteps=2, epochs=2, calibration=data[0][0][:16], config=cfg,
+                  out=tmp_path / "kd.snn", stop_after=1)
+    assert _kl_to(model, ft, data) < _kl_to(model, snn, data)
+    check_identical(ft, data[0][0][:3])
+    assert ft.calibration["finetune"]["config"]["distill"] == 1.0
+    with pytest.raises(ValueError, match="pass it again"):  # the run file holds the twin, not its teacher
+        finetune(None, data, epochs=2, out=tmp_path / "kd.snn", resume=True)
+    done = finetune(model, data, epochs=2, out=tmp_path / "kd.snn", resume=True)
+    assert done.calibration["finetune"]["epoch"] == 2
+    with pytest.raises(ValueError, match=r"distill must be in \[0, 1\]"):
+        finetune(snn, data, epochs=1, config=FinetuneConfig(distill=1.5))

@@ -40,6 +40,10 @@ class FinetuneConfig:
     batch_size: int = 128
     seed: int = 0
     label_smoothing: float = 0.0
+    # knowledge distillation: the loss is (1 - distill) * CE(labels) + distill * KL(float ANN || twin),
+    # both at temperature 1 -- the twin learns to reproduce the network it was converted from, whose
+    # outputs carry more than the labels (the usual remedy for low-bit quantization-aware training)
+    distill: float = 0.0
 
 
 def _trainable(snn):
@@ -137,6 +141,8 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
 
     cfg = copy.copy(config or FinetuneConfig())
     cfg.epochs = epochs
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise ValueError(f"distill must be in [0, 1], got {cfg.distill}")
     out = Path(out) if out is not None else None
     history, start = [], 0
     if resume and out is not None and out.exists():
@@ -165,6 +171,7 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
     if timesteps is not None and timesteps != snn.timesteps:
         raise ValueError(f"the network was converted for T = {snn.timesteps}, not {timesteps}")
     source = dict(source or getattr(snn, "source", None) or {})
+    teacher = _teacher(model, cfg) if cfg.distill > 0 else None
 
     weights, shifts, thetas = _trainable(snn)
     opts = _optimizers(weights, shifts, thetas, cfg)
@@ -199,9 +206,15 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
                     frac = (epoch * steps + i) / (cfg.epochs * steps)
                     opts[0].param_groups[0]["lr"] = opts[0].param_groups[1]["lr"] = \
                         cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-                logits = gm(x.to(device=device, dtype=dtype))
+                x = x.to(device=device, dtype=dtype)
+                logits = gm(x)
                 y = y.to(device)
                 loss = crit(logits.float(), y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = torch.softmax(teacher(x).float(), 1)
+                    kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float(), 1), soft, reduction="batchmean")
+                    loss = (1 - cfg.distill) * loss + cfg.distill * kd
                 for o in opts:
                     o.zero_grad(set_to_none=True)
                 loss.backward()
@@ -238,6 +251,20 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
     _record(snn, cfg, history, history[-1]["epoch"] if history else start)
     snn.source = {**source, "finetune": snn.calibration["finetune"]}
     return snn
+
+
+def _teacher(model, cfg: FinetuneConfig) -> nn.Module:
+    """The float network the twin is distilled from: the model given, or the float ANN of the
+    SpikingNetwork given (its weights as converted). Resuming needs it passed again: the run file
+    holds the twin being trained, not its teacher."""
+    from .convert import SpikingNetwork
+
+    if model is None:
+        raise ValueError("distillation needs the float model: pass it again when resuming")
+    teacher = model.ann() if isinstance(model, SpikingNetwork) else copy.deepcopy(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 def _frozen_copy(snn):
