@@ -142,6 +142,31 @@ def test_torch_save_checkpoint_gets_a_safe_path(tmp_path, capsys):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
 
 
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_safetensors_whose_header_length_looks_like_a_pickle_is_read(tmp_path, first_bytes):
+    """A safetensors file opens with its header's length: when that length's low bytes are 0x80 or
+    "PK" (a torch.save pickle's or zip's magic) it is still a safetensors file (a resumed ResNet-34
+    training run was once refused this way, its run file's header 32,896 bytes long)."""
+    import torch
+
+    from spikeconverter.checkpoint import load_tensors, save_tensors
+
+    path = tmp_path / "c.safetensors"
+    for pad in range(0, 70_000, 8):
+        save_tensors(path, {"w": torch.ones(3)}, {"note": "x" * pad})
+        head = path.read_bytes()[:8]
+        if head[:len(first_bytes)] == first_bytes:
+            break
+    else:
+        pytest.skip("no padding gave that header length")
+    tensors, meta = load_tensors(path)
+    assert torch.equal(tensors["w"], torch.ones(3)) and meta["note"].startswith("x")
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="torch.save"):
+        load_tensors(legacy)
+
+
 def test_train_limit_is_a_class_balanced_random_subset():
     import numpy as np
 

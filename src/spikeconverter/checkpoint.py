@@ -45,10 +45,16 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _is_torch_pickle(path: Path) -> bool:
-    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 protocol byte)."""
+    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80, then the
+    protocol number). A safetensors file starts with its header's length (8 bytes, little-endian),
+    whose first byte can be anything -- 0x80 or "PK" included -- so that layout is ruled out first:
+    the length fits in the file and the header opens with "{"."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    return head[:2] == b"PK" or head[:1] == b"\x80"
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return False
+    return head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def import_checkpoint(src: Path, out: Path) -> int:
