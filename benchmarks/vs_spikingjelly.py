@@ -10,7 +10,11 @@ time-stepped engine, all in one run.
 Needs the optional extra: `make compare` (SpikingJelly installed with --no-deps, as it pins a
 torchvision/torchaudio that do not import beside our torch).
 
-    python benchmarks/vs_spikingjelly.py [--model resnet20] [--images 1000] [--sj-calibration 50000] [--json out.json]
+    python benchmarks/vs_spikingjelly.py [--model resnet20] [--dataset cifar10] [--images 1000]
+        [--sj-calibration 50000] [--sj-timesteps 8 16 ... 512] [--recipes NAME ...] [--json out.json]
+
+For the ImageNet-shaped networks (`--model resnet34 --dataset imagenette`) every SJ step is a whole
+ResNet-34 pass: bound the cost with --sj-timesteps (e.g. 64 256), --recipes and --images.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 import spikeconverter as sc
 from spikeconverter.data import load_dataset
-from spikeconverter.evaluate import _batches, _subset, calibration_data, load_model
+from spikeconverter.evaluate import _batches, _sized, _subset, calibration_data, load_model
 
 import _common
 
@@ -65,18 +69,41 @@ def _count_spikes(snn):
     return total, hooks
 
 
+QUANTILE_LIMIT = 2**24  # torch.quantile refuses larger inputs; SJ's "99.9%" mode takes it over a whole batch
+
+
 @torch.no_grad()
-def run_spikingjelly(net, calib, test, timesteps=SJ_T, batch_size=250, quiet=False):
+def _sj_batches(net, calib, most: int = 128):
+    """Calibration batches for SJ's recipes: at most ``most`` images, fewer where a layer's output
+    for the batch would pass torch.quantile's size limit (ResNet-34 at 128 px: 64 images)."""
+    largest = {"n": 0}
+
+    def hook(mod, inp, out):
+        if torch.is_tensor(out):
+            largest["n"] = max(largest["n"], out.numel())
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
+    net.eval()(calib[:1])
+    for h in hooks:
+        h.remove()
+    size = max(1, min(most, QUANTILE_LIMIT // max(1, largest["n"])))
+    return [(calib[i : i + size], torch.zeros(len(calib[i : i + size]), dtype=torch.long))
+            for i in range(0, len(calib), size)]
+
+
+@torch.no_grad()
+def run_spikingjelly(net, calib, test, timesteps=SJ_T, batch_size=250, quiet=False, recipes=None):
     """Each recipe converted once, simulated for max(timesteps) steps; read at every T twice: the
     output summed from step 0, and from SJ's own estimate_delay_start(T) on (delayed readout, as its
     example evaluates LTB and the robust recipe)."""
     from spikingjelly.activation_based import ann2snn, functional
 
-    calib_batches = [(calib[i : i + 128], torch.zeros(len(calib[i : i + 128]), dtype=torch.long))
-                     for i in range(0, len(calib), 128)]
+    calib_batches = _sj_batches(net, calib)
     rows = []
     tmax = max(timesteps)
     for name, make in _sj_recipes(calib_batches).items():
+        if recipes and name not in recipes:
+            continue
         try:
             snn = ann2snn.Converter(recipe=make()).convert(copy.deepcopy(net).eval())
             snn.eval()
@@ -116,7 +143,7 @@ def wall_times(net, calib, x, sj_T=32, our_T=8):
     """Seconds per image: SJ multi-step at sj_T, our fast path (eager, compiled), our time-stepped engine."""
     from spikingjelly.activation_based import ann2snn, functional
 
-    calib_batches = [(calib[:256], torch.zeros(256, dtype=torch.long))]
+    calib_batches = _sj_batches(net, calib[:256], most=256)
     sj = ann2snn.Converter(recipe=ann2snn.RateCodingRecipe(dataloader=calib_batches, mode="99.9%")).convert(
         copy.deepcopy(net).eval())
     functional.set_step_mode(sj, "m")
@@ -157,37 +184,53 @@ def run_ours(net, calib, test, timesteps=(4, 6, 8)):
     return rows
 
 
-def timing(model: str = "resnet20", checkpoint=None) -> dict:
+def _first_images(ds, n: int) -> torch.Tensor:
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+
+
+def timing(model: str = "resnet20", checkpoint=None, dataset: str = "cifar10") -> dict:
     """Only the wall-time part of compare() (seconds per image), on the same 64 test images."""
-    net, _ = load_model(model, "cifar10", _common.checkpoint_for(model, override=checkpoint))
-    test = load_dataset("cifar10", "test")
-    return wall_times(net, calibration_data("cifar10", 512), test.normalize(_subset(test, 1000, 0).images[:64]))
+    net, info = load_model(model, dataset, _common.checkpoint_for(model, dataset, override=checkpoint))
+    sized = _sized(dataset, info)
+    test = _subset(load_dataset(dataset, "test", **sized), 1000, 0)
+    return wall_times(net, calibration_data(dataset, 512, **sized), _first_images(test, 64))
 
 
 def compare(model: str = "resnet20", checkpoint=None, images: int = 1000, sj_calibration: int = 50000,
-            quiet: bool = False) -> dict:
+            quiet: bool = False, dataset: str = "cifar10", sj_timesteps=SJ_T, our_timesteps=(4, 6, 8),
+            recipes=None) -> dict:
     """SpikingJelly's recipes and ours on the same checkpoint and test images. Ours calibrates on 512
-    training images; SJ's recipes get sj_calibration of them (its example's default is 50,000: LTB
-    grows its thresholds batch by batch and stays far too low after a few batches)."""
-    net, info = load_model(model, "cifar10", _common.checkpoint_for(model, override=checkpoint))
-    calib = calibration_data("cifar10", 512)
-    sj_calib = calib if sj_calibration == 512 else calibration_data("cifar10", sj_calibration)
-    test = _subset(load_dataset("cifar10", "test"), images, 0)
-    return {"model": model, "checkpoint": info["checkpoint"], "images": len(test), "machine": _common.machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    training images; SJ's recipes get sj_calibration of them, at most the whole training set (its
+    example's default is 50,000: LTB grows its thresholds batch by batch and stays far too low after
+    a few batches). Photos (imagenette) are taken at the side the checkpoint was trained at."""
+    net, info = load_model(model, dataset, _common.checkpoint_for(model, dataset, override=checkpoint))
+    sized = _sized(dataset, info)
+    calib = calibration_data(dataset, 512, **sized)
+    n_train = len(load_dataset(dataset, "train", **sized))
+    sj_calibration = min(sj_calibration, n_train)
+    sj_calib = calib if sj_calibration == 512 else calibration_data(dataset, sj_calibration, **sized)
+    test = _subset(load_dataset(dataset, "test", **sized), images, 0)
+    return {"model": model, "dataset": dataset, **sized, "checkpoint": info["checkpoint"], "images": len(test),
+            "machine": _common.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "calibration_images": len(calib), "sj_calibration_images": len(sj_calib),
-            "spikingjelly": run_spikingjelly(net, sj_calib, test, quiet=quiet),
-            "spikeconverter": run_ours(net, calib, test),
-            "wall_seconds_per_image": wall_times(net, calib, test.normalize(test.images[:64]))}
+            "spikingjelly": run_spikingjelly(net, sj_calib, test, timesteps=tuple(sj_timesteps), quiet=quiet,
+                                             recipes=recipes),
+            "spikeconverter": run_ours(net, calib, test, timesteps=tuple(our_timesteps)),
+            "wall_seconds_per_image": wall_times(net, calib, _first_images(test, 64))}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenette"])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--sj-calibration", type=int, default=50000,
                     help="training images for SJ's recipes (its example: 50,000; ours always uses 512)")
+    ap.add_argument("--sj-timesteps", type=int, nargs="+", default=list(SJ_T),
+                    help="SJ's T values (one run of the largest, read at each)")
+    ap.add_argument("--our-timesteps", type=int, nargs="+", default=[4, 6, 8])
+    ap.add_argument("--recipes", nargs="+", default=None, help="SJ recipes by name (default: all four)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     why = spikingjelly_available()
@@ -197,7 +240,8 @@ def main():
               "plus its runtime needs), then run this script again.")
         raise SystemExit(1)
     print(f"machine: {_common.machine()}")
-    result = compare(args.model, args.checkpoint, args.images, args.sj_calibration)
+    result = compare(args.model, args.checkpoint, args.images, args.sj_calibration, dataset=args.dataset,
+                     sj_timesteps=args.sj_timesteps, our_timesteps=args.our_timesteps, recipes=args.recipes)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:
