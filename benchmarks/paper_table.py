@@ -139,6 +139,22 @@ BUDGET = {
 }
 
 
+def old_rate_rows(old: dict, model: str, r: dict) -> list[dict]:
+    """The rate baseline's rows of ``model`` from an earlier results.json, if they were measured on
+    the same checkpoint and the same rate subset as the sweep ``r`` (else SystemExit)."""
+    o = old.get("sweeps", {}).get(model)
+    if o is None:
+        raise SystemExit(f"--reuse-rate: docs/results.json has no sweep for {model}")
+
+    def same_file(a: str, b: str) -> bool:  # older results name the file without its hash
+        return a == b if "sha256" in a and "sha256" in b else a.split(" (")[0] == b.split(" (")[0]
+
+    if not same_file(o["checkpoint"], r["checkpoint"]) or o["rate_images"] != r["rate_images"] or \
+            abs(o["ann_accuracy_rate_images"] - r["ann_accuracy_rate_images"]) > 1e-9:
+        raise SystemExit(f"--reuse-rate: {model}'s earlier rate rows were measured on another checkpoint or subset")
+    return [row for row in o["rows"] if row["method"] == "rate"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=None, help="default: every shipped CIFAR-10 checkpoint")
@@ -155,6 +171,10 @@ def main():
     ap.add_argument("--reuse", nargs="+", default=(), metavar="PART",
                     help="take these parts from the existing docs/results.json instead of measuring them again: "
                          "model names, 'sj', 'speed' (the output says which parts were reused, and from when)")
+    ap.add_argument("--reuse-rate", action="store_true",
+                    help="for the models measured now, take the rate baseline's rows from docs/results.json (they do "
+                         "not depend on our calibration; same checkpoint and rate subset required): our rows are then "
+                         "measured in a fraction of the time")
     ap.add_argument("--readme-only", action="store_true", help="rewrite the README section from docs/results.json")
     args = ap.parse_args()
     if args.readme_only:
@@ -165,7 +185,7 @@ def main():
     models.sort(key=lambda m: zoo_order.index(m) if m in zoo_order else len(zoo_order))
     if not models:
         raise SystemExit("no shipped CIFAR-10 checkpoint: train one first (scripts/train_zoo.sh)")
-    old = json.loads((DOCS / "results.json").read_text()) if args.reuse else {}
+    old = json.loads((DOCS / "results.json").read_text()) if args.reuse or args.reuse_rate else {}
     for part in args.reuse:
         if part in ("sj", "speed"):
             if not old.get(part):
@@ -205,10 +225,16 @@ def main():
         else:
             print(f"== {m}", flush=True)
             t1 = time.time()
-            r = sweep(model=m, dataset="cifar10", timesteps=budget["our_T"], rate_timesteps=RATE_T, limit=args.limit,
+            r = sweep(model=m, dataset="cifar10", timesteps=budget["our_T"],
+                      rate_timesteps=() if args.reuse_rate else RATE_T, limit=args.limit,
                       rate_limit=args.rate_images or budget["rate_images"], extra_betas=(1.0,),
                       extra_beta_timesteps=tuple(args.ablation_T or budget["ablation_T"]), quiet=True)
             stamp(m, time.time() - t1)
+            if args.reuse_rate:
+                r["rows"] += old_rate_rows(old, m, r)
+                t = old.get("timing", {}).get(m, {"date": "before timings were recorded", "machine": old.get("machine")})
+                out["timing"][m]["rate_rows_from"] = t
+                reused.append(f"the rate baseline's rows of {m} (measured {t['date']} on {t['machine']})")
             print(format_sweep(r), flush=True)
             plot_sweep(r, DOCS / f"acc_vs_T_{m}.png")
         out["sweeps"][m] = r
@@ -256,7 +282,7 @@ def main():
         md += ["## Speed", "", speed.format_speed(res, out["timing"]["speed"]["machine"]), ""]
     md += [f"Total time of this run: {(time.time() - t0) / 60:.1f} min."]
     if reused:
-        md += ["", "Reused from an earlier run of this script (`--reuse`): " + "; ".join(reused) + "."]
+        md += ["", "Reused from an earlier run of this script (`--reuse`, `--reuse-rate`): " + "; ".join(reused) + "."]
     (DOCS / "results.md").write_text(_keep_sections("\n".join(md) + "\n", DOCS / "results.md"))
     (DOCS / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     update_readme(out)
