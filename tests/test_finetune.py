@@ -135,3 +135,26 @@ def test_distillation_pulls_the_twin_towards_the_float_ann_and_converts_exactly(
     assert done.calibration["finetune"]["epoch"] == 2
     with pytest.raises(ValueError, match=r"distill must be in \[0, 1\]"):
         finetune(snn, data, epochs=1, config=FinetuneConfig(distill=1.5))
+
+
+def test_threshold_tuning_keeps_the_weights_and_needs_no_labels():
+    """train_weights=False with distill=1: only thresholds and bias corrections move (the weights are
+    bit-identical), the labels play no part (shuffled labels give the same result), the twin gets
+    closer to the float ANN, and it converts exactly."""
+    model, shape = make("resnet_block", dtype=torch.float64)
+    with torch.no_grad():
+        model.fc.weight *= 20
+    data = _teacher_data(model, shape)
+    snn = sc.convert(model, data[0][0][:16], timesteps=2)
+    cfg = FinetuneConfig(lr=1e-3, theta_lr=1e-2, distill=1.0, train_weights=False)
+    ft = finetune(snn, data, epochs=3, config=cfg)
+    shuffled = [(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]) for x, y in data]
+    again = finetune(snn, shuffled, epochs=3, config=cfg)
+    x = data[0][0]
+    assert torch.equal(ft(x), again(x))
+    weights = lambda n: {k: v for k, v in n.gm.named_parameters()}  # noqa: E731
+    assert weights(ft).keys() == weights(snn).keys()
+    assert all(torch.equal(weights(ft)[k], v) for k, v in weights(snn).items())
+    assert any(not torch.equal(torch.as_tensor(a.theta), torch.as_tensor(b.theta)) for a, b in zip(snn.layers, ft.layers))
+    assert _kl_to(model, ft, data) < _kl_to(model, snn, data)
+    check_identical(ft, data[0][0][:3])

@@ -201,7 +201,8 @@ def _finetune(args) -> int:
         train = balanced_subset(train, args.train_limit, args.seed)
     test = _subset(load_dataset(args.dataset, "test", args.data, **sized), args.limit, args.seed)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, theta_lr=args.theta_lr, batch_size=args.batch_size,
-                         weight_decay=args.weight_decay, seed=args.seed, distill=args.distill)
+                         weight_decay=args.weight_decay, seed=args.seed, distill=args.distill,
+                         train_weights=not args.freeze_weights)
     resume = args.resume and Path(args.out).exists()
     calib = None if resume else calibration_data(args.dataset, args.calibration, args.data, download=args.download,
                                                  **sized)
@@ -386,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--distill", type=float, default=0.0, metavar="W",
                     help="weight in [0, 1] of matching the float ANN's output distribution (knowledge "
                          "distillation, KL at temperature 1) against the labels' cross-entropy; default 0")
+    ft.add_argument("--freeze-weights", action="store_true",
+                    help="train only the thresholds and bias corrections (with --distill 1 no labels are used: "
+                         "a post-training tuning on a few hundred images, e.g. --train-limit 512)")
     ft.add_argument("--train-limit", type=_positive("--train-limit"), default=None,
                     help="train on a fixed random, class-balanced subset of N training images (smoke runs)")
     ft.add_argument("--out", required=True, help="the network file (rewritten every epoch; optimiser state beside it)")

@@ -44,10 +44,14 @@ class FinetuneConfig:
     # both at temperature 1 -- the twin learns to reproduce the network it was converted from, whose
     # outputs carry more than the labels (the usual remedy for low-bit quantization-aware training)
     distill: float = 0.0
+    # False: the weights stay as converted; only thresholds and bias corrections (shifts) learn --
+    # a few parameters per channel, so a few hundred unlabelled images (distill = 1) are enough
+    train_weights: bool = True
 
 
-def _trainable(snn):
-    """Put every spiking layer into mode "train"; returns (weights, shifts, log-thresholds)."""
+def _trainable(snn, train_weights: bool = True):
+    """Put every spiking layer into mode "train"; returns (weights, shifts, log-thresholds).
+    ``train_weights=False``: the weights get no gradient and are not returned."""
     acts = snn._acts()
     device = next(snn.gm.parameters()).device
     for m in acts:
@@ -59,8 +63,10 @@ def _trainable(snn):
     # by name: a network loaded from a run file registers its modules in another order, and the
     # optimiser state is matched to parameters by position
     for _, p in sorted(gm.named_parameters()):
-        p.requires_grad_(True)
-        (thetas if id(p) in theta_ids else shifts if id(p) in shift_ids else weights).append(p)
+        kind = thetas if id(p) in theta_ids else shifts if id(p) in shift_ids else weights
+        p.requires_grad_(kind is not weights or train_weights)
+        if p.requires_grad:
+            kind.append(p)
     return weights, shifts, thetas
 
 
@@ -173,7 +179,7 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
     source = dict(source or getattr(snn, "source", None) or {})
     teacher = _teacher(model, cfg) if cfg.distill > 0 else None
 
-    weights, shifts, thetas = _trainable(snn)
+    weights, shifts, thetas = _trainable(snn, cfg.train_weights)
     opts = _optimizers(weights, shifts, thetas, cfg)
     optim_file = None if out is None else out.with_name(out.name + ".optim")
     if start and optim_file is not None and optim_file.exists():
