@@ -313,9 +313,13 @@ def test_finetune_cli_writes_a_network_that_evaluate_reads(tmp_path):
     out = tmp_path / "ft.snn"
     r = run("--threads", "1", "finetune", "--model", "resnet20", "-T", "2", "--epochs", "1", "--train-limit", "256",
             "--limit", "100", "--calibration", "64", "--no-per-channel", "--no-bias-correction", "--out", str(out),
-            "--quiet")
+            "--distill", "0.5", "--freeze-weights", "--quiet")
     assert r.returncode == 0 and "fine-tuned at T = 2" in r.stdout, r.stderr
     assert out.exists() and (tmp_path / "ft.snn.optim").exists()
+    import spikeconverter as sc
+
+    config = sc.load(out).source["finetune"]["config"]
+    assert config["distill"] == 0.5 and config["train_weights"] is False, config
     j = tmp_path / "ft.json"
     r = run("--threads", "1", "evaluate", "--snn", str(out), "--limit", "100", "--json", str(j), "--quiet",
             "--no-compile")
