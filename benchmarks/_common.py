@@ -27,7 +27,7 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu}, {os.cpu_count()} cores{mem}, torch {torch.__version__}, {_threads(torch.get_num_threads())}"
 
 
 def checkpoint_for(model: str, dataset: str = "cifar10", override: str | None = None):
@@ -71,3 +71,7 @@ def replace_section(path: Path, name: str, block: str, heading: str | None = Non
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")

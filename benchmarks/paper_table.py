@@ -40,6 +40,12 @@ PUBLISHED = {
 LOSSES = (0.1, 0.5, 1.0)
 
 
+
+def checkpoint_words(checkpoint: str) -> str:
+    """'runs/x.safetensors (sha256 ab..)' -> '`x.safetensors` (sha256 ab..)': file name in code, digest beside it."""
+    name, _, rest = checkpoint.partition(" (")
+    return f"`{Path(name).name}`" + (f" ({rest}" if rest else "")
+
 def _keep_sections(text: str, path: Path) -> str:
     """Sections other scripts own (between <!-- name:start --> and <!-- name:end -->, with the
     heading line before them) survive a rewrite: appended if this script does not produce them."""
@@ -88,7 +94,7 @@ def calibration_words(r: dict) -> str:
 def sweep_markdown(r: dict) -> list[str]:
     lines = [f"ANN: **{r['ann_accuracy']:.2f} %** on {r['test_images']:,} test images "
              f"({r['ann_accuracy_rate_images']:.2f} % on the {r['rate_images']:,} used for the rate baseline). "
-             f"Checkpoint `{Path(r['checkpoint']).name}`. {calibration_words(r)}", "",
+             f"Checkpoint {checkpoint_words(r['checkpoint'])}. {calibration_words(r)}", "",
              "| method | T | latency (steps) | accuracy % | vs ANN (pp) | spikes/img | SOPs/img | energy uJ/img "
              "| ANN/SNN energy |",
              "|---|---|---|---|---|---|---|---|---|"]
