@@ -10,9 +10,26 @@ import sys
 from pathlib import Path
 
 from spikeconverter.models import CHECKPOINT_TARGETS
+from spikeconverter.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = ROOT / "src" / "spikeconverter" / "checkpoints"
+
+
+def command(c: dict, m: dict) -> str:
+    """The train command that made a checkpoint, from its config: the options that differ from
+    TrainConfig's defaults are spelled out, so the line reproduces the run."""
+    default = TrainConfig()
+    cmd = f"spikeconverter train --model {c['model']} --dataset {c['dataset']}"
+    if c.get("image_size"):
+        cmd += f" --image-size {c['image_size']}"
+    cmd += f" --epochs {c['epochs']} --lr {c['lr']} --weight-decay {c['weight_decay']}"
+    for key, flag in (("batch_size", "--batch-size"), ("schedule", "--schedule"), ("label_smoothing", "--label-smoothing")):
+        if key in c and c[key] != getattr(default, key):
+            cmd += f" {flag} {c[key]}"
+    if c.get("bf16") is False:
+        cmd += " --no-bf16"
+    return cmd + f" --seed {c['seed']}" + (" --half" if m.get("storage") == "float16" else "")
 
 
 def table() -> str:
@@ -21,8 +38,7 @@ def table() -> str:
     for meta_file in sorted(CK.glob("*.json")):
         m = json.loads(meta_file.read_text())
         c = m["config"]
-        cmd = (f"spikeconverter train --model {c['model']} --dataset {c['dataset']} --epochs {c['epochs']} --lr {c['lr']} "
-               f"--weight-decay {c['weight_decay']} --seed {c['seed']}" + (" --half" if m.get("storage") == "float16" else ""))
+        cmd = command(c, m)
         acc = f"{m['test_acc']:.2f} %"
         if "test_acc_float32" in m:
             acc += f" (float32 before export: {m['test_acc_float32']:.2f} %)"
