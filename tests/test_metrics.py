@@ -1,11 +1,16 @@
 """Spikes, SOPs, MACs and energy: checked against simulation and against hand counts."""
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import spikeconverter as sc
 from spikeconverter import metrics
+from spikeconverter.metrics import CostModel
+from spikeconverter.models import create, shipped_checkpoint
 
 from nets import make
 
@@ -80,3 +85,42 @@ def test_mobilenet_bottleneck_feeds_macs():
     assert sum(o.macs for o in cm.ops) == sum(
         m.weight[0].numel() * s[1] * (s[2] * s[3] if len(s) == 4 else 1)
         for o in cm.ops for m, s in [(snn.gm.get_submodule(o.node.target), cm.shapes[o.node])])
+
+
+@pytest.mark.slow  # ~1 min: two sweeps
+@pytest.mark.skipif(shipped_checkpoint("resnet20", "cifar10") is None
+                    or not (Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz").exists(),
+                    reason="needs the shipped ResNet-20 and the shared CIFAR-10 copy")
+def test_counting_batches_cut_to_memory_give_the_same_figures(monkeypatch):
+    """Large photos at beta = 1 once ran out of memory while counting spikes on 250-image batches
+    (photos at 128 px: ~10 GB). The sweep now cuts batches to a memory budget; the figures must not
+    depend on where the cuts fall (per-image results, summed in order)."""
+    from spikeconverter import evaluate as ev
+
+    kw = dict(model="resnet20", timesteps=(3,), rate_timesteps=(), limit=40, calibration=16, quiet=True,
+              extra_betas=(1.0,), extra_beta_timesteps=(4,), batch_size=250, compile=False)
+    whole = ev.sweep(**kw)
+    monkeypatch.setattr(ev, "COUNTING_MEMORY_BYTES", 48 * 2**20)  # ~8-16 images per batch
+    snn = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=4, beta=1.0)
+    cut = ev.counting_batch(snn, CostModel(snn.plan, snn.input_shape), 250)
+    assert 1 <= cut < 40
+    pieces = ev.sweep(**kw)
+    for a, b in zip(whole["rows"], pieces["rows"]):
+        assert a["accuracy"] == b["accuracy"] and a["timesteps"] == b["timesteps"]
+        assert a["spikes"] == pytest.approx(b["spikes"], rel=1e-12) and a["sops"] == pytest.approx(b["sops"], rel=1e-12)
+
+
+def test_counting_batch_fits_the_budget_and_grows_with_it(monkeypatch):
+    from spikeconverter import evaluate as ev
+
+    snn = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=8, beta=1.0)
+    cost = CostModel(snn.plan, snn.input_shape)
+    neurons = sum(math.prod(cost.shapes[s][1:]) for s in snn.plan.spikers)
+    binary = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=8)
+    assert ev.counting_batch(binary, cost, 250) == 250  # CIFAR batches at beta = 2 are left alone
+    monkeypatch.setattr(ev, "COUNTING_MEMORY_BYTES", 40 * neurons * 10)
+    b1 = ev.counting_batch(snn, cost, 250)
+    assert b1 * neurons * (16 + 8 + 4 * 8) <= ev.COUNTING_MEMORY_BYTES and b1 >= 5
+    assert ev.counting_batch(binary, cost, 250) > b1  # beta = 2 holds no digits: more images fit
+    monkeypatch.setattr(ev, "COUNTING_MEMORY_BYTES", 1)
+    assert ev.counting_batch(snn, cost, 250) == 1

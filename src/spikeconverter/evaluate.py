@@ -22,6 +22,12 @@ from .metrics import ENERGY_CONVENTION, CostModel, Report, neuron_spike_counts, 
 from .models import create, shipped_checkpoint
 
 CALIBRATION_KEYS = ("per_channel", "sequential", "bias_correction")
+# Spike counting holds every spiking layer's output (and its integer word) for a whole batch at once,
+# and for beta != 2 also its input and a [T, ...] digit tensor per layer in turn: ~11 bytes per neuron
+# at beta = 2, ~32 at beta = 1, T = 8 (measured on ResNet-34 at 128 px). 250 CIFAR images stay far below
+# this budget; 250 photos at 128 px with beta = 1 needed ~10 GB and, beside a training job, were
+# OOM-killed. Batches are cut to fit; per-image results do not depend on the batch.
+COUNTING_MEMORY_BYTES = 2 * 2**30
 
 
 def load_model(name: str, dataset: str, checkpoint: str | None = None):
@@ -237,6 +243,15 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
     return out
 
 
+def counting_batch(snn, cost: CostModel, batch_size: int) -> int:
+    """The largest batch <= batch_size whose spike counting fits COUNTING_MEMORY_BYTES (an estimate
+    from the neurons per image, with margin)."""
+    neurons = max(1, sum(math.prod(cost.shapes[s][1:]) for s in snn.plan.spikers if s in cost.shapes))
+    binary = all(getattr(snn.gm.get_submodule(s.target), "beta", 2.0) == 2.0 for s in snn.plan.spikers)
+    per_neuron = 16 + (0 if binary else 8 + 4 * snn.timesteps)
+    return max(1, min(batch_size, COUNTING_MEMORY_BYTES // (neurons * per_neuron)))
+
+
 def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, t0) -> dict:
     """ANN and SNN accuracy and the cost figures of a converted network on ``test``."""
     if compile:
@@ -248,6 +263,7 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     t_convert = time.time() - t0
     ann_acc = _ann_accuracy(net, test, batch_size, quiet)
     cost = CostModel(snn.plan, snn.input_shape, snn.input_coding)
+    batch_size = counting_batch(snn, cost, batch_size)
     acc, records = _Accumulator(), []
     t0 = time.time()
     device = next(snn.parameters()).device
@@ -359,10 +375,11 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             snn = distributed.shared_network(lambda: convert(net, calib, timesteps=T, beta=b, **options))
             snn.compile(compile)
             cost = CostModel(snn.plan, snn.input_shape)
+            bs = counting_batch(snn, cost, batch_size)
             acc, records = _Accumulator(), []
             with torch.no_grad():
-                for i, (x, y) in enumerate(_progress(_batches(test, batch_size, dev), f"beta={b:g} T={T}",
-                                                     math.ceil(len(test) / batch_size), quiet)):
+                for i, (x, y) in enumerate(_progress(_batches(test, bs, dev), f"beta={b:g} T={T}",
+                                                     math.ceil(len(test) / bs), quiet)):
                     if distributed.mine(i):
                         counts, logits = neuron_spike_counts(snn, x, return_logits=True)
                         records.append((i, acc.record(logits, y, report(snn, x, counts, cost))))
