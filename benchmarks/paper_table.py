@@ -40,11 +40,11 @@ PUBLISHED = {
 LOSSES = (0.1, 0.5, 1.0)
 
 
-
 def checkpoint_words(checkpoint: str) -> str:
     """'runs/x.safetensors (sha256 ab..)' -> '`x.safetensors` (sha256 ab..)': file name in code, digest beside it."""
     name, _, rest = checkpoint.partition(" (")
     return f"`{Path(name).name}`" + (f" ({rest}" if rest else "")
+
 
 def _keep_sections(text: str, path: Path) -> str:
     """Sections other scripts own (between <!-- name:start --> and <!-- name:end -->, with the

@@ -18,15 +18,14 @@ from .convert import _check_args, calibration_options, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
 from .device import resolve as resolve_device
-from .metrics import ENERGY_CONVENTION, CostModel, Report, neuron_spike_counts, report
+from .metrics import ENERGY_CONVENTION, CostModel, Report, counting_bytes_per_image, neuron_spike_counts, report
 from .models import create, shipped_checkpoint
 
 CALIBRATION_KEYS = ("per_channel", "sequential", "bias_correction")
-# Spike counting holds every spiking layer's output (and its integer word) for a whole batch at once,
-# and for beta != 2 also its input and a [T, ...] digit tensor per layer in turn: ~11 bytes per neuron
-# at beta = 2, ~32 at beta = 1, T = 8 (measured on ResNet-34 at 128 px). 250 CIFAR images stay far below
-# this budget; 250 photos at 128 px with beta = 1 needed ~10 GB and, beside a training job, were
-# OOM-killed. Batches are cut to fit; per-image results do not depend on the batch.
+# Spike counting holds every spiking layer's state for a whole batch at once
+# (metrics.counting_bytes_per_image): 250 CIFAR images stay far below this budget; 250 photos at
+# 128 px with beta = 1 needed ~10 GB and, beside a training job, were OOM-killed. Batches are cut to
+# fit; per-image results do not depend on the batch.
 COUNTING_MEMORY_BYTES = 2 * 2**30
 
 
@@ -244,12 +243,8 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
 
 
 def counting_batch(snn, cost: CostModel, batch_size: int) -> int:
-    """The largest batch <= batch_size whose spike counting fits COUNTING_MEMORY_BYTES (an estimate
-    from the neurons per image, with margin)."""
-    neurons = max(1, sum(math.prod(cost.shapes[s][1:]) for s in snn.plan.spikers if s in cost.shapes))
-    binary = all(getattr(snn.gm.get_submodule(s.target), "beta", 2.0) == 2.0 for s in snn.plan.spikers)
-    per_neuron = 16 + (0 if binary else 8 + 4 * snn.timesteps)
-    return max(1, min(batch_size, COUNTING_MEMORY_BYTES // (neurons * per_neuron)))
+    """The largest batch <= batch_size whose spike counting fits COUNTING_MEMORY_BYTES."""
+    return max(1, min(batch_size, COUNTING_MEMORY_BYTES // counting_bytes_per_image(snn, cost)))
 
 
 def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, t0) -> dict:

@@ -18,6 +18,7 @@ Conventions (stated in every report):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -131,6 +132,25 @@ class Report:
         return d
 
 
+def _counted_by_digits(mod) -> bool:
+    """Layers whose spikes are counted from their digit trains (beta != 2, or the signed input
+    coder); the others' from their integer word."""
+    return mod.beta != 2.0 or mod.signed
+
+
+def counting_bytes_per_image(snn, cost: CostModel) -> int:
+    """What ``neuron_spike_counts`` holds per image, with margin: every spiking layer's output, word
+    and count for the whole batch (~11 bytes per neuron measured at beta = 2), plus, for layers counted
+    by digits, their input and a [T, ...] digit tensor (~32 bytes per neuron at beta = 1, T = 8;
+    both measured on ResNet-34 at 128 px)."""
+    total = 0
+    for s in snn.plan.spikers:
+        if s in cost.shapes:
+            digits = _counted_by_digits(snn.gm.get_submodule(s.target))
+            total += math.prod(cost.shapes[s][1:]) * (16 + (8 + 4 * snn.timesteps if digits else 0))
+    return max(1, total)
+
+
 def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     """Per-neuron spike counts of every source (layers, max-pools, input coder) for inputs x,
     read off the exact twin: each neuron's code as an integer word (MSB first), its popcount the
@@ -142,7 +162,7 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     for node in plan.spikers:
         def grab(mod, inp, out, node=node):
             values[node] = out
-            if mod.beta != 2.0 or mod.signed:
+            if _counted_by_digits(mod):
                 zs[node] = inp[0]
         hooks.append(gm.get_submodule(node.target).register_forward_hook(grab))
     try:
@@ -154,7 +174,7 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     counts, words = {}, {}
     for node in plan.spikers:
         m = gm.get_submodule(node.target)
-        if m.beta == 2.0 and not m.signed:
+        if not _counted_by_digits(m):
             words[node] = binary_word(values[node], m.theta, m.timesteps)
             counts[node] = popcount(words[node], m.timesteps).to(values[node].dtype)
             continue
