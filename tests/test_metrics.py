@@ -15,11 +15,12 @@ from spikeconverter.models import create, shipped_checkpoint
 from nets import make
 
 
+@pytest.mark.parametrize("beta", [2.0, 1.0, 1.5])  # counted from words, from burst lengths, from digits
 @pytest.mark.parametrize("name", ["vgg_maxpool", "resnet_block", "inverted_residual", "concat"])
-def test_twin_spike_counts_equal_simulation(name):
+def test_twin_spike_counts_equal_simulation(name, beta):
     model, shape = make(name, seed=11)
     g = torch.Generator().manual_seed(11)
-    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=5)
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=5, beta=beta)
     x = torch.randn((3,) + shape, generator=g, dtype=torch.float64)
     twin = metrics.neuron_spike_counts(snn, x)
     sim = snn.simulate(x, neuron_counts=True).extra["neuron_counts"]
@@ -113,7 +114,8 @@ def test_counting_batches_cut_to_memory_give_the_same_figures(monkeypatch):
 def test_counting_batch_fits_the_budget_and_grows_with_it(monkeypatch):
     from spikeconverter import evaluate as ev
 
-    snn = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=8, beta=1.0)
+    # beta = 1.5 is counted from its digit trains; beta = 1 and 2 from their values
+    snn = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=8, beta=1.5)
     cost = CostModel(snn.plan, snn.input_shape)
     neurons = sum(math.prod(cost.shapes[s][1:]) for s in snn.plan.spikers)
     binary = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=8)
@@ -122,5 +124,7 @@ def test_counting_batch_fits_the_budget_and_grows_with_it(monkeypatch):
     b1 = ev.counting_batch(snn, cost, 250)
     assert b1 * neurons * (16 + 8 + 4 * 8) <= ev.COUNTING_MEMORY_BYTES and b1 >= 5
     assert ev.counting_batch(binary, cost, 250) > b1  # beta = 2 holds no digits: more images fit
+    burst = sc.convert(create("resnet20"), torch.zeros(2, 3, 32, 32), timesteps=8, beta=1.0)
+    assert ev.counting_batch(burst, cost, 250) == ev.counting_batch(binary, cost, 250)
     monkeypatch.setattr(ev, "COUNTING_MEMORY_BYTES", 1)
     assert ev.counting_batch(snn, cost, 250) == 1

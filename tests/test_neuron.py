@@ -201,3 +201,21 @@ def test_compiled_kernel_across_many_T_and_thresholds():
         for shape in [(3000,), (30, 100), (3, 10, 10, 10)]:
             zz = z.reshape(shape)
             assert torch.equal(neuron.quantize_compiled(zz, th, 2.0, T, phi), neuron.quantize(zz, th, 2.0, T, phi))
+
+
+def test_popcount_and_burst_counts():
+    """popcount's byte table against Python's bit count, across byte borders; beta = 1 counts and
+    words read from values equal the greedy neuron's digits."""
+    g = torch.Generator().manual_seed(3)
+    for T in (1, 5, 8, 9, 16, 17, 30, 40):
+        words = torch.randint(0, 2**T, (4000,), generator=g, dtype=torch.int64)
+        want = torch.tensor([bin(int(w)).count("1") for w in words])
+        assert torch.equal(neuron.popcount(words.double(), T).long(), want), T
+    for T in (1, 4, 8):
+        for theta in BOUNDARY_THETAS:
+            z = torch.rand(3000, generator=g) * theta * (T + 2) - theta
+            d = neuron.quantize_digits(z, theta, 1.0, T, 0.5)
+            n = neuron.burst_count(neuron.quantize(z, theta, 1.0, T, 0.5), theta)
+            assert torch.equal(n, d.sum(0).double())
+            place = 2.0 ** torch.arange(T - 1, -1, -1, dtype=torch.float64)
+            assert torch.equal(neuron.burst_word(n, T), torch.tensordot(place, d.double(), dims=([0], [0])))

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from . import ops
 from .graph import GraphPlan, Region, ancestors, node_shapes, run_region
-from .neuron import binary_word, popcount
+from .neuron import binary_word, burst_count, burst_word, popcount
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -133,16 +133,16 @@ class Report:
 
 
 def _counted_by_digits(mod) -> bool:
-    """Layers whose spikes are counted from their digit trains (beta != 2, or the signed input
-    coder); the others' from their integer word."""
-    return mod.beta != 2.0 or mod.signed
+    """Layers whose spikes are counted from their digit trains (1 < beta < 2, or the signed input
+    coder); the others' from their value: the integer word at beta = 2, the burst length at beta = 1."""
+    return mod.beta not in (1.0, 2.0) or mod.signed
 
 
 def counting_bytes_per_image(snn, cost: CostModel) -> int:
     """What ``neuron_spike_counts`` holds per image, with margin: every spiking layer's output, word
-    and count for the whole batch (~11 bytes per neuron measured at beta = 2), plus, for layers counted
-    by digits, their input and a [T, ...] digit tensor (~32 bytes per neuron at beta = 1, T = 8;
-    both measured on ResNet-34 at 128 px)."""
+    and count for the whole batch (~11 bytes per neuron measured at beta = 2 on ResNet-34 at 128 px),
+    plus, for layers counted by digits (1 < beta < 2, the signed coder), their input and a [T, ...]
+    digit tensor."""
     total = 0
     for s in snn.plan.spikers:
         if s in cost.shapes:
@@ -174,9 +174,14 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     counts, words = {}, {}
     for node in plan.spikers:
         m = gm.get_submodule(node.target)
-        if not _counted_by_digits(m):
+        if not _counted_by_digits(m) and m.beta == 2.0:
             words[node] = binary_word(values[node], m.theta, m.timesteps)
             counts[node] = popcount(words[node], m.timesteps).to(values[node].dtype)
+            continue
+        if not _counted_by_digits(m):  # beta = 1
+            n = burst_count(values[node], m.theta)
+            words[node] = burst_word(n, m.timesteps)
+            counts[node] = n.to(values[node].dtype)
             continue
         d = m.digits(zs[node])  # signed for the input coder: ON minus OFF
         place = 2.0 ** torch.arange(m.timesteps - 1, -1, -1, dtype=torch.float64, device=d.device)
