@@ -2,7 +2,7 @@
 MobileNet-v2, 7x7/2 + max-pool stems) on Imagenette, at the side their checkpoints were trained at.
 
     python benchmarks/imagenette_table.py [--models resnet34 mobilenet_v2] [--rate-images N] [--limit N]
-                                          [--reuse resnet34 ... speed] [--skip-speed] [--render]
+                                          [--reuse resnet34 ... speed] [--skip-speed] [--render] [--fresh]
 
 For each shipped Imagenette checkpoint: the same sweep as paper_table.py (our method at beta = 2 for
 T = 3..10, the beta = 1 ablation, the rate baseline at T = 16..512 on a fixed random subset whose size
@@ -12,6 +12,11 @@ all 3,925 val images (Imagenette's test split; nothing is tuned on them: calibra
 images). Writes docs/imagenette.json, the "Imagenette" section of docs/results.md (paper_table.py keeps
 it), docs/acc_vs_T_<model>_imagenette.png and the README's Imagenette lines. Imagenette is 10 ImageNet
 classes: these rows are never ImageNet figures.
+
+A full run takes hours on a CPU (ResNet-34: ~2 h on one core of the dev box), so each model's sweep
+keeps its finished rows in runs/imagenette_table-<model>.progress.json and a stopped run, started
+again with the same arguments, resumes there (--fresh ignores it); the files are removed once the
+docs are written.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import _common
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 DATASET = "imagenette"
+PROGRESS = ROOT / "runs"
 OUR_T = (3, 4, 5, 6, 8, 10)
 # What a sweep costs on the 2-core dev box decides the cuts (all printed): the rate baseline is one
 # 512-step simulation (~512 ANN passes per image), the beta = 1 ablation one conversion per T.
@@ -61,7 +67,8 @@ def measure(models, args, old: dict) -> dict:
         t0 = time.time()
         r = sweep(model=m, dataset=DATASET, timesteps=args.timesteps or budget["our_T"], rate_timesteps=RATE_T,
                   limit=args.limit, rate_limit=args.rate_images or budget["rate_images"], extra_betas=(1.0,),
-                  extra_beta_timesteps=args.ablation_T or budget["ablation_T"], quiet=True, checkpoint=args.checkpoint)
+                  extra_beta_timesteps=args.ablation_T or budget["ablation_T"], quiet=True, checkpoint=args.checkpoint,
+                  progress_file=progress_file(m, fresh=args.fresh))
         out["timing"][m] = _stamp(t0, out["machine"])
         print(format_sweep(r), flush=True)
         out["sweeps"][m] = r
@@ -75,6 +82,13 @@ def measure(models, args, old: dict) -> dict:
                                       checkpoint=args.checkpoint) for m in models]
         out["timing"]["speed"] = _stamp(t0, out["machine"])
     return out
+
+
+def progress_file(model: str, fresh: bool = False) -> Path:
+    path = PROGRESS / f"imagenette_table-{model}.progress.json"
+    if fresh:
+        path.unlink(missing_ok=True)
+    return path
 
 
 def _images(out: dict) -> str:
@@ -176,6 +190,7 @@ def main():
                     help="take these parts (model names, 'speed') from docs/imagenette.json instead of measuring again")
     ap.add_argument("--render", action="store_true", help="only rewrite the docs from docs/imagenette.json")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch the docs (a trial run)")
+    ap.add_argument("--fresh", action="store_true", help="measure every row again, ignoring a stopped run's progress")
     args = ap.parse_args()
     if args.render:
         write(json.loads((DOCS / "imagenette.json").read_text()))
@@ -194,6 +209,8 @@ def main():
     print(readme_block(out))
     if not args.no_write:
         write(out)
+        for m in models:  # measured and written: a later run measures again
+            progress_file(m).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,35 @@ def test_sweep_ablation_at_its_own_T(tmp_path):
 
 
 @needs_shipped
+def test_sweep_resumes_from_its_progress_file(tmp_path):
+    """A stopped sweep resumes: rows in the progress file are taken, missing ones computed (and equal
+    to a full run's), and a file written for another setup is not used."""
+    from spikeconverter.evaluate import sweep
+
+    prog, js = tmp_path / "progress.json", tmp_path / "s.json"
+    args = ["-T", "2", "3", "--rate-T", "8", "--limit", "30", "--rate-limit", "10", "--calibration", "16", "--quiet",
+            "--no-compile"]
+    r = run("--threads", "1", "sweep", *args, "--progress", str(prog), "--json", str(js))
+    assert r.returncode == 0, r.stderr
+    full = json.loads(js.read_text())["rows"]
+    state = json.loads(prog.read_text())
+    assert [(row["method"], row["timesteps"]) for row in state["rows"]] == [("spikeconverter", 2), ("spikeconverter", 3),
+                                                                           ("rate", 8)]
+    # as if stopped during T = 3, with a marker in the finished row to show it is taken, not recomputed
+    state["rows"] = [dict(state["rows"][0], accuracy=-1.0)]
+    prog.write_text(json.dumps(state))
+    kw = dict(model="resnet20", timesteps=(2, 3), rate_timesteps=(8,), limit=30, rate_limit=10, calibration=16,
+              quiet=True, compile=False, progress_file=prog)
+    resumed = sweep(**kw)["rows"]
+    assert resumed[0]["accuracy"] == -1.0
+    assert resumed[1:] == full[1:]
+    assert [(row["method"], row["timesteps"]) for row in json.loads(prog.read_text())["rows"]] == [
+        ("spikeconverter", 2), ("spikeconverter", 3), ("rate", 8)]
+    other = sweep(**dict(kw, limit=20, timesteps=(2,), rate_timesteps=()))["rows"]  # another setup: fresh
+    assert other[0]["accuracy"] != -1.0 and other[0]["images"] == 20
+
+
+@needs_shipped
 def test_pretrained_loads():
     import spikeconverter as sc
 

@@ -90,7 +90,8 @@ def _sweep(args) -> int:
               calibration=args.calibration, data_root=args.data, quiet=args.quiet,
               extra_betas=tuple(float(b) for b in args.also_beta),
               extra_beta_timesteps=tuple(args.also_beta_T) if args.also_beta_T else None,
-              compile=not args.no_compile, download=args.download, device=args.device, **_calibration(args))
+              compile=not args.no_compile, download=args.download, device=args.device,
+              progress_file=args.progress, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_sweep(r))
         if args.plot:
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--also-beta-T", nargs="+", type=int, default=None,
                    help="time steps for the --also-beta rows (default: the same as -T)")
     s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
+    s.add_argument("--progress", default=None, metavar="FILE",
+                   help="keep finished rows in FILE (JSON) and resume from it when run again with the same "
+                        "setup: for sweeps that take hours")
     s.set_defaults(func=_sweep)
 
     sh = sub.add_parser("show", help="draw one input's run: per layer accumulate/generate windows, spike rasters, "

@@ -340,12 +340,19 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
           rate_timesteps=(16, 32, 64, 128, 256, 512), beta=2.0, checkpoint=None, limit=None, rate_limit=None,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
           extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False,
-          per_channel=None, sequential=None, bias_correction=None, device: str | None = None) -> dict:
+          per_channel=None, sequential=None, bias_correction=None, device: str | None = None,
+          progress_file=None) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
 
     extra_betas are ablation rows (e.g. beta = 1: temporal separation without iLIF), run at
-    extra_beta_timesteps (default: the same T as the main rows)."""
+    extra_beta_timesteps (default: the same T as the main rows).
+
+    ``progress_file``: a JSON file the sweep writes after every finished row and reads when it
+    starts again, so that a long sweep (hours for 224-px photos on a CPU) that is stopped resumes
+    where it stopped. Rows are taken from it only if it was written for the same model, checkpoint,
+    data, images, calibration and options; otherwise it is started afresh. Single-process runs only
+    (ignored under torchrun)."""
     extra_beta_timesteps = tuple(timesteps if extra_beta_timesteps is None else extra_beta_timesteps)
     for T in tuple(timesteps) + extra_beta_timesteps:
         _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
@@ -361,12 +368,21 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     rate_test = _subset(test, rate_limit, seed) if rate_limit else test
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     options = dict(zip(CALIBRATION_KEYS, calibration_options("spikeconverter", per_channel, sequential, bias_correction)))
-    ann_acc = _ann_accuracy(net, test, batch_size, quiet)
-    ann_acc_rate = ann_acc if rate_test is test else _ann_accuracy(net, rate_test, batch_size, quiet)
+    progress = _Progress(progress_file, dict(
+        model=model, dataset=dataset, checkpoint=info["checkpoint"], data=getattr(test, "source", ""),
+        test_images=len(test), rate_images=len(rate_test), limit=limit, rate_limit=rate_limit, seed=seed,
+        calibration=calibration, options=options, beta=beta))
+    ann_acc = progress.value("ann_accuracy", lambda: _ann_accuracy(net, test, batch_size, quiet))
+    ann_acc_rate = ann_acc if rate_test is test else progress.value(
+        "ann_accuracy_rate_images", lambda: _ann_accuracy(net, rate_test, batch_size, quiet))
     rows = []
     dev = next(net.parameters()).device
     for b in (beta,) + tuple(extra_betas):
         for T in (timesteps if b == beta else extra_beta_timesteps):
+            method = "spikeconverter" if b == beta else f"spikeconverter beta={b:g}"
+            if (done := progress.row(method, T)) is not None:
+                rows.append(done)
+                continue
             snn = distributed.shared_network(lambda: convert(net, calib, timesteps=T, beta=b, **options))
             snn.compile(compile)
             cost = CostModel(snn.plan, snn.input_shape)
@@ -380,12 +396,16 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                         records.append((i, acc.record(logits, y, report(snn, x, counts, cost))))
             acc.add_in_order(records)
             f = acc.figures()
-            rows.append(dict(method="spikeconverter" if b == beta else f"spikeconverter beta={b:g}", beta=b,
+            rows.append(dict(method=method, beta=b,
                              timesteps=T, latency_steps=snn.latency_steps, accuracy=acc.accuracy,
                              difference_pp=acc.accuracy - ann_acc, spikes=f["spikes"], sops=f["sops"],
                              energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
                              images=len(test)))
-    if rate_timesteps:
+            progress.add(rows[-1])
+    done_rate = [progress.row("rate", t) for t in rate_timesteps]
+    if rate_timesteps and all(r is not None for r in done_rate):
+        rows += done_rate
+    elif rate_timesteps:
         tmax = max(rate_timesteps)
         rate = distributed.shared_network(lambda: convert(net, calib, timesteps=tmax, method="rate"))
         cost = CostModel(rate.plan, rate.input_shape)
@@ -413,12 +433,54 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                              difference_pp=accs[t].accuracy - ann_acc_rate, spikes=f["spikes"], sops=f["sops"],
                              energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
                              images=len(rate_test)))
+            progress.add(rows[-1])
     return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
             "image_size": info.get("image_size"),
             "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
             "rate_images": len(rate_test), "calibration_images": len(calib), "calibration_options": options,
             "energy_convention": ENERGY_CONVENTION,
             "rows": rows}
+
+
+class _Progress:
+    """A sweep's finished rows on disk (``sweep(progress_file=...)``), kept only for the same setup."""
+
+    def __init__(self, path, key: dict):
+        # one process only: under torchrun, ranks that read different files would wait on each
+        # other's collectives for rows only some of them compute
+        self.path = Path(path) if path and not distributed.active() else None
+        self.key = json.loads(json.dumps(key, default=str))  # as it reads back from the file
+        self.state = {"key": self.key, "values": {}, "rows": []}
+        if self.path and self.path.exists():
+            old = json.loads(self.path.read_text())
+            if old.get("key") == self.key:
+                self.state = old
+                if distributed.rank() == 0:
+                    print(f"sweep: resuming from {self.path} ({len(old['rows'])} rows done)", flush=True)
+            elif distributed.rank() == 0:
+                print(f"sweep: {self.path} was written for another setup; starting afresh", flush=True)
+
+    def value(self, name: str, compute):
+        if name not in self.state["values"]:
+            self.state["values"][name] = compute()
+            self._write()
+        return self.state["values"][name]
+
+    def row(self, method: str, timesteps: int) -> dict | None:
+        return next((r for r in self.state["rows"] if r["method"] == method and r["timesteps"] == timesteps), None)
+
+    def add(self, row: dict) -> None:
+        same = (row["method"], row["timesteps"])
+        self.state["rows"] = [r for r in self.state["rows"] if (r["method"], r["timesteps"]) != same] + [row]
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is None or distributed.rank() != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")  # a kill mid-write leaves the old file
+        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
+        tmp.replace(self.path)
 
 
 def format_sweep(r: dict) -> str:
