@@ -49,7 +49,7 @@ def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4
                      "img_per_s_fast": batch / t_fast, "img_per_s_compiled": batch / t_comp,
                      "img_per_s_simulate": sim_batch / t_sim})
     return {"model": model_name, "dataset": dataset, "image_size": side, "weights": weights, "batch": batch,
-            "sim_batch": sim_batch,
+            "sim_batch": sim_batch, "reps": reps,
             "img_per_s_ann": batch / t_ann, "rows": rows}
 
 
@@ -59,8 +59,14 @@ def _label(r: dict) -> str:
 
 
 def format_speed(results: list[dict], machine: str) -> str:
-    lines = [f"Machine: {machine}. Ratios are times relative to the ANN on the same batch, measured in one run "
-             "(best of 5; the time-stepped engine: one run on a 16-image batch vs the ANN on the same 16 images).",
+    # older results did not record these; they were measured with measure()'s defaults then
+    batch = {r.get("batch", 250) for r in results}
+    reps = {r.get("reps", 5) for r in results}
+    sim = {r.get("sim_batch", 16) for r in results}
+    one = lambda v: "/".join(str(x) for x in sorted(v))  # noqa: E731
+    lines = [f"Machine: {machine}. Ratios are times relative to the ANN on the same batch ({one(batch)} random "
+             f"inputs of the network's input size), measured in one run (best of {one(reps)}; the time-stepped "
+             f"engine: one run on a {one(sim)}-image batch vs the ANN on the same {one(sim)} images).",
              "",
              "| model | T | ANN img/s | fast path (eager) | fast path (compiled) | time-stepped engine |",
              "|---|---|---|---|---|---|"]
