@@ -68,7 +68,7 @@ def measure(models, args, old: dict) -> dict:
         r = sweep(model=m, dataset=DATASET, timesteps=args.timesteps or budget["our_T"], rate_timesteps=RATE_T,
                   limit=args.limit, rate_limit=args.rate_images or budget["rate_images"], extra_betas=(1.0,),
                   extra_beta_timesteps=args.ablation_T or budget["ablation_T"], quiet=True, checkpoint=args.checkpoint,
-                  progress_file=progress_file(m, fresh=args.fresh))
+                  progress_file=progress_file(m))
         out["timing"][m] = _stamp(t0, out["machine"])
         print(format_sweep(r), flush=True)
         out["sweeps"][m] = r
@@ -84,11 +84,8 @@ def measure(models, args, old: dict) -> dict:
     return out
 
 
-def progress_file(model: str, fresh: bool = False) -> Path:
-    path = PROGRESS / f"imagenette_table-{model}.progress.json"
-    if fresh:
-        path.unlink(missing_ok=True)
-    return path
+def progress_file(model: str) -> Path:
+    return PROGRESS / f"imagenette_table-{model}.progress.json"
 
 
 def _images(out: dict) -> str:
@@ -204,6 +201,9 @@ def main():
     for part in args.reuse:
         if part not in old.get("sweeps", {}) and not (part == "speed" and old.get("speed")):
             raise SystemExit(f"--reuse {part}: docs/imagenette.json has no '{part}' part")
+    if args.fresh:
+        for m in models:
+            progress_file(m).unlink(missing_ok=True)
     out = measure(models, args, old)
     print(render(out))
     print(readme_block(out))

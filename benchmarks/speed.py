@@ -63,7 +63,10 @@ def format_speed(results: list[dict], machine: str) -> str:
     batch = {r.get("batch", 250) for r in results}
     reps = {r.get("reps", 5) for r in results}
     sim = {r.get("sim_batch", 16) for r in results}
-    one = lambda v: "/".join(str(x) for x in sorted(v))  # noqa: E731
+
+    def one(values):
+        return "/".join(str(v) for v in sorted(values))
+
     lines = [f"Machine: {machine}. Ratios are times relative to the ANN on the same batch ({one(batch)} random "
              f"inputs of the network's input size), measured in one run (best of {one(reps)}; the time-stepped "
              f"engine: one run on a {one(sim)}-image batch vs the ANN on the same {one(sim)} images).",

@@ -219,3 +219,5 @@ def test_popcount_and_burst_counts():
             assert torch.equal(n, d.sum(0).double())
             place = 2.0 ** torch.arange(T - 1, -1, -1, dtype=torch.float64)
             assert torch.equal(neuron.burst_word(n, T), torch.tensordot(place, d.double(), dims=([0], [0])))
+    with pytest.raises(ValueError, match="digits"):  # 1 < beta < 2 cannot be read off values
+        neuron.word_and_count(torch.ones(3), 1.0, 1.5, 4)

@@ -455,9 +455,8 @@ class _Progress:
             old = json.loads(self.path.read_text())
             if old.get("key") == self.key:
                 self.state = old
-                if distributed.rank() == 0:
-                    print(f"sweep: resuming from {self.path} ({len(old['rows'])} rows done)", flush=True)
-            elif distributed.rank() == 0:
+                print(f"sweep: resuming from {self.path} ({len(old['rows'])} rows done)", flush=True)
+            else:
                 print(f"sweep: {self.path} was written for another setup; starting afresh", flush=True)
 
     def value(self, name: str, compute):
@@ -475,7 +474,7 @@ class _Progress:
         self._write()
 
     def _write(self) -> None:
-        if self.path is None or distributed.rank() != 0:
+        if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")  # a kill mid-write leaves the old file

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from . import ops
 from .graph import GraphPlan, Region, ancestors, node_shapes, run_region
-from .neuron import binary_word, burst_count, burst_word, popcount
+from .neuron import countable_from_value, popcount, word_and_count
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -135,7 +135,7 @@ class Report:
 def _counted_by_digits(mod) -> bool:
     """Layers whose spikes are counted from their digit trains (1 < beta < 2, or the signed input
     coder); the others' from their value: the integer word at beta = 2, the burst length at beta = 1."""
-    return mod.beta not in (1.0, 2.0) or mod.signed
+    return mod.signed or not countable_from_value(mod.beta)
 
 
 def counting_bytes_per_image(snn, cost: CostModel) -> int:
@@ -174,13 +174,8 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     counts, words = {}, {}
     for node in plan.spikers:
         m = gm.get_submodule(node.target)
-        if not _counted_by_digits(m) and m.beta == 2.0:
-            words[node] = binary_word(values[node], m.theta, m.timesteps)
-            counts[node] = popcount(words[node], m.timesteps).to(values[node].dtype)
-            continue
-        if not _counted_by_digits(m):  # beta = 1
-            n = burst_count(values[node], m.theta)
-            words[node] = burst_word(n, m.timesteps)
+        if not _counted_by_digits(m):
+            words[node], n = word_and_count(values[node], m.theta, m.beta, m.timesteps)
             counts[node] = n.to(values[node].dtype)
             continue
         d = m.digits(zs[node])  # signed for the input coder: ON minus OFF

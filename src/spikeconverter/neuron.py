@@ -301,6 +301,24 @@ def burst_word(counts: torch.Tensor, timesteps: int) -> torch.Tensor:
     return 2.0**timesteps - torch.pow(2.0, timesteps - counts.double())
 
 
+def countable_from_value(beta: float) -> bool:
+    """Whether ``word_and_count`` reads a train off its value exactly (beta = 2 or 1); other beta
+    need the digits."""
+    return float(beta) in (1.0, 2.0)
+
+
+def word_and_count(value: torch.Tensor, theta, beta: float, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The integer word (float64, MSB = first step) and the spike count of the twin's trains, read
+    off their values: the binary word and its popcount at beta = 2, the burst at beta = 1."""
+    if float(beta) == 2.0:
+        word = binary_word(value, theta, timesteps)
+        return word, popcount(word, timesteps)
+    if float(beta) == 1.0:
+        n = burst_count(value, theta)
+        return burst_word(n, timesteps), n
+    raise ValueError(f"beta = {beta}: trains are read off their values only at beta = 1 or 2; count the digits")
+
+
 def binary_spike_count(value: torch.Tensor, theta: float, timesteps: int) -> torch.Tensor:
     """Spikes of beta = 2 trains from their values: the popcount of k = value 2^T / theta."""
     return popcount(binary_word(value, theta, timesteps), timesteps).to(value.dtype)
