@@ -7,8 +7,8 @@ losses; and the accuracy-vs-latency picture.
 Each fine-tuned network file (default: the shipped ones, checkpoints/*-T*.snn) is measured as it is
 (``evaluate --snn``: exact fast path, all 10,000 test images unless --limit), beside post-training
 conversion of the same float ANN at the same T with the default calibration (per channel + bias
-correction, 512 training images). The v0.1 post-training rows and the rate baseline come from
-docs/results.json (``paper_table.py``). QCFS (Bu et al., ICLR 2022) trains its own ANNs, so its
+correction, 512 training images). The post-training sweep (v0.1 per-layer or default calibration, as
+it was measured) and the rate baseline come from docs/results.json (``paper_table.py``). QCFS (Bu et al., ICLR 2022) trains its own ANNs, so its
 published figures are shown as losses against its own ANN, marked as published.
 ``--write`` fills the finetune sections of docs/results.md (paper_table.py keeps it) and the README, writes
 docs/finetune.json and docs/acc_vs_latency_<model>.png.
@@ -73,7 +73,10 @@ def _published_rows(model: str) -> list[dict]:
     sweep = json.loads(path.read_text()).get("sweeps", {}).get(model)
     if not sweep:
         return []
-    return [dict(r, method={"spikeconverter": "post-training (v0.1 per-layer)", "rate": "rate baseline"}[r["method"]])
+    # sweeps made before the calibration options were recorded used v0.1's per-layer calibration
+    ours = ("post-training (default calibration)" if any((sweep.get("calibration_options") or {}).values())
+            else "post-training (v0.1 per-layer)")
+    return [dict(r, method={"spikeconverter": ours, "rate": "rate baseline"}[r["method"]], sweep=True)
             for r in sweep["rows"] if r["method"] in ("spikeconverter", "rate")]
 
 
@@ -106,11 +109,16 @@ def plot(data: dict) -> list[Path]:
     paths = []
     for model, entry in data["models"].items():
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        series = {}
-        for r in _published_rows(model) + entry["rows"]:
+        series, swept = {}, set()
+        for r in _published_rows(model):
             series.setdefault(r["method"], []).append((r["latency_steps"], r["difference_pp"]))
+            swept.add(r["method"])
+        for r in entry["rows"]:  # a post-training point the sweep's line already carries is not drawn twice
+            if r["method"] not in swept:
+                series.setdefault(r["method"], []).append((r["latency_steps"], r["difference_pp"]))
         style = {"post-training (v0.1 per-layer)": ("C0", "o", "-"), "post-training (default calibration)":
-                 ("C2", "s", ""), "fine-tuned": ("C3", "*", ""), "rate baseline": ("C1", "^", "-")}
+                 ("C2", "s", "-" if "post-training (default calibration)" in swept else ""),
+                 "fine-tuned": ("C3", "*", ""), "rate baseline": ("C1", "^", "-")}
         for name, pts in series.items():
             pts.sort()
             c, m, ls = style.get(name, ("C7", "x", "-"))
