@@ -127,6 +127,8 @@ def markdown(r: dict) -> list[str]:
                   "| calibration | " + " | ".join(f"T = {t}" for t in Ts) + " | convert (s) |",
                   "|---|" + "---|" * len(Ts) + "---|"]
         for name in r["configs"]:
+            if not any(row["config"] == name for row in m["rows"]):
+                continue  # a configuration measured on other models only
             cells = []
             for t in Ts:
                 d = [row["difference_pp"] for row in m["rows"] if row["config"] == name and row["timesteps"] == t]

@@ -8,8 +8,9 @@ Each fine-tuned network file (default: the shipped ones, checkpoints/*-T*.snn) i
 (``evaluate --snn``: exact fast path, all 10,000 test images unless --limit), beside post-training
 conversion of the same float ANN at the same T with the default calibration (per channel + bias
 correction, 512 training images). The post-training sweep (v0.1 per-layer or default calibration, as
-it was measured) and the rate baseline come from docs/results.json (``paper_table.py``). QCFS (Bu et al., ICLR 2022) trains its own ANNs, so its
-published figures are shown as losses against its own ANN, marked as published.
+it was measured) and the rate baseline come from docs/results.json (``paper_table.py``). QCFS (Bu et
+al., ICLR 2022) trains its own ANNs, so its published figures are shown as losses against its own ANN,
+marked as published.
 ``--write`` fills the finetune sections of docs/results.md (paper_table.py keeps it) and the README, writes
 docs/finetune.json and docs/acc_vs_latency_<model>.png.
 """
