@@ -84,6 +84,8 @@ def measure(models, args, old: dict) -> dict:
         out["sj"] = json.loads(Path(args.sj_json).read_text())
         if out["sj"].get("dataset") != DATASET:
             raise SystemExit(f"--sj-json: {args.sj_json} was measured on {out['sj'].get('dataset')}, not {DATASET}")
+        if args.sj_note:
+            out["sj"]["note"] = args.sj_note
     if "speed" in args.reuse:
         out["speed"], out["timing"]["speed"] = old["speed"], old["timing"].get("speed", {})
     elif not args.skip_speed:
@@ -139,10 +141,8 @@ def render(out: dict) -> str:
                *sj_markdown(sj), "",
                f"Measured {sj['date']} on {sj['machine']} by `python benchmarks/vs_spikingjelly.py --model {sj['model']} "
                "--dataset imagenette` (its own run: SpikingJelly simulates every step as a whole network pass). "
-               "SpikingJelly's recipes calibrate on the whole training set here "
-               f"({sj['sj_calibration_images']:,} photos; its example uses 50,000 ImageNet images). Its T is its "
-               "latency (all layers at once); ours is per phase, with the end-to-end latency beside it. "
-               "Reported as measured." + _sj_subset_words(out, sj), ""]
+               "Its T is its latency (all layers at once); ours is per phase, with the end-to-end latency beside it. "
+               "Reported as measured." + _sj_subset_words(out, sj) + (" " + sj["note"] if sj.get("note") else ""), ""]
     if out.get("speed"):
         import speed
 
@@ -190,7 +190,9 @@ def readme_block(out: dict) -> str:
             + f" | {b5['timesteps'] if b5 else 'not reached by 512'} | {ratio} |")
     sj = out.get("sj")
     if sj:
-        lines += sj_readme_lines(sj, network=f"{sj['model']} on Imagenette", images="val photos")
+        r = out["sweeps"].get(sj["model"], {})
+        ann = r.get("ann_accuracy_rate_images") if r.get("rate_images") == sj["images"] else None
+        lines += sj_readme_lines(sj, network=f"{sj['model']} on Imagenette", images="val photos", ann=ann)
     met, missed = verdicts(out)
     lines += ["", "Imagenette targets met: " + ("; ".join(met) or "none") + ".", "",
               "Imagenette targets missed: " + ("; ".join(missed) or "none") + ".", "",
@@ -222,6 +224,7 @@ def main():
                     help="take these parts (model names, 'speed', 'sj') from docs/imagenette.json instead of measuring again")
     ap.add_argument("--sj-json", default=None, help="SpikingJelly's rows from a `vs_spikingjelly.py --dataset imagenette "
                                                     "--json` output (see above)")
+    ap.add_argument("--sj-note", default="", help="a sentence on how --sj-json was measured (e.g. jobs beside it)")
     ap.add_argument("--render", action="store_true", help="only rewrite the docs from docs/imagenette.json")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch the docs (a trial run)")
     ap.add_argument("--fresh", action="store_true", help="measure every row again, ignoring a stopped run's progress")

@@ -107,8 +107,9 @@ def sweep_markdown(r: dict) -> list[str]:
 
 def sj_markdown(sj: dict) -> list[str]:
     sj_calib = sj.get("sj_calibration_images", 512)
+    how = "as its own example" if sj_calib >= 50000 else "the whole training set; its own example uses 50,000"
     lines = [f"Same checkpoint, same {sj['images']} test images. Calibration: ours 512 training images; SpikingJelly's "
-             f"recipes {sj_calib:,} (as its own example), so that LocalThresholdBalancing, which raises its thresholds "
+             f"recipes {sj_calib:,} ({how}), so that LocalThresholdBalancing, which raises its thresholds "
              "batch by batch, gets the passes it needs. SpikingJelly rows are read two ways: the output summed from step "
              "0, and its delayed readout (summed from the start step its `estimate_delay_start` gives for that T, as "
              "its example evaluates).", "",
@@ -295,7 +296,8 @@ def main():
     print(f"wrote {DOCS / 'results.md'}")
 
 
-def sj_readme_lines(sj: dict | None, network: str = "ResNet-20", images: str = "test images") -> list[str]:
+def sj_readme_lines(sj: dict | None, network: str = "ResNet-20", images: str = "test images",
+                    ann: float | None = None) -> list[str]:
     """One README line per converter: our T = 8 against each SpikingJelly recipe at T = 64 / 256 / 512
     (those of them that were measured)."""
     if not sj:
@@ -303,7 +305,8 @@ def sj_readme_lines(sj: dict | None, network: str = "ResNet-20", images: str = "
     ours = next((r for r in sj["spikeconverter"] if r["timesteps"] == 8), None)
     measured = {r.get("timesteps") for r in sj["spikingjelly"]}
     cols = [8] + [t for t in (64, 256, 512) if t in measured]
-    lines = ["", f"SpikingJelly 2.0 ann2snn on the same {network} ({sj['images']} {images}; accuracy %, the better of "
+    lines = ["", f"SpikingJelly 2.0 ann2snn on the same {network} ({sj['images']} {images}"
+             + (f", ANN {ann:.2f} % on them" if ann is not None else "") + "; accuracy %, the better of "
              "its two readouts, spikes per image):", "",
              "| converter | " + " | ".join(f"T={t}" for t in cols) + " |", "|---|" + "---|" * len(cols)]
     if ours:
