@@ -146,7 +146,9 @@ def render(out: dict) -> str:
     if out.get("speed"):
         import speed
 
-        md += ["### Speed at the trained side", "", speed.format_speed(out["speed"], out["timing"]["speed"]["machine"]), ""]
+        note = out["timing"]["speed"].get("note")
+        md += ["### Speed at the trained side", "", speed.format_speed(out["speed"], out["timing"]["speed"]["machine"]),
+               *(["", note] if note else []), ""]
     return "\n".join(md)
 
 
@@ -224,13 +226,17 @@ def main():
                     help="take these parts (model names, 'speed', 'sj') from docs/imagenette.json instead of measuring again")
     ap.add_argument("--sj-json", default=None, help="SpikingJelly's rows from a `vs_spikingjelly.py --dataset imagenette "
                                                     "--json` output (see above)")
+    ap.add_argument("--speed-note", default="", help="with --render: a sentence on how the speed part was measured")
     ap.add_argument("--sj-note", default="", help="a sentence on how --sj-json was measured (e.g. jobs beside it)")
     ap.add_argument("--render", action="store_true", help="only rewrite the docs from docs/imagenette.json")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch the docs (a trial run)")
     ap.add_argument("--fresh", action="store_true", help="measure every row again, ignoring a stopped run's progress")
     args = ap.parse_args()
     if args.render:
-        write(json.loads((DOCS / "imagenette.json").read_text()))
+        out = json.loads((DOCS / "imagenette.json").read_text())
+        if args.speed_note:
+            out["timing"]["speed"]["note"] = args.speed_note
+        write(out)
         return
     models = args.models or [m for m, ds in available().items() if DATASET in ds]
     if args.checkpoint and len(models) != 1:
