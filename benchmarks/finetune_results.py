@@ -84,7 +84,7 @@ def _published_rows(model: str) -> list[dict]:
     # sweeps made before the calibration options were recorded used v0.1's per-layer calibration
     ours = ("post-training (default calibration)" if any((sweep.get("calibration_options") or {}).values())
             else "post-training (v0.1 per-layer)")
-    return [dict(r, method={"spikeconverter": ours, "rate": "rate baseline"}[r["method"]], sweep=True)
+    return [dict(r, method={"spikeconverter": ours, "rate": "rate baseline"}[r["method"]])
             for r in sweep["rows"] if r["method"] in ("spikeconverter", "rate")]
 
 

@@ -112,14 +112,16 @@ def _side(r: dict) -> str:
     return f"{r['image_size']} px" if r.get("image_size") else "?"
 
 
+def _sj_ann(out: dict, sj: dict) -> float | None:
+    """The ANN's accuracy on SpikingJelly's photos where they are the rate baseline's subset (same
+    count: both draw evaluate._subset of the full val set with seed 0), else None."""
+    r = out["sweeps"].get(sj["model"], {})
+    return r.get("ann_accuracy_rate_images") if r.get("rate_images") == sj["images"] else None
+
+
 def _sj_subset_words(out: dict, sj: dict) -> str:
-    """The SJ photos are the rate baseline's subset when the counts match (both draw evaluate._subset
-    of the full val set with seed 0): say so, with the ANN's accuracy there."""
-    r = out["sweeps"].get(sj["model"])
-    if r and r.get("rate_images") == sj["images"]:
-        return (f" The {sj['images']} photos are the rate baseline's subset above (ANN "
-                f"{r['ann_accuracy_rate_images']:.2f} % on them).")
-    return ""
+    ann = _sj_ann(out, sj)
+    return "" if ann is None else f" The {sj['images']} photos are the rate baseline's subset above (ANN {ann:.2f} % on them)."
 
 
 def render(out: dict) -> str:
@@ -192,9 +194,7 @@ def readme_block(out: dict) -> str:
             + f" | {b5['timesteps'] if b5 else 'not reached by 512'} | {ratio} |")
     sj = out.get("sj")
     if sj:
-        r = out["sweeps"].get(sj["model"], {})
-        ann = r.get("ann_accuracy_rate_images") if r.get("rate_images") == sj["images"] else None
-        lines += sj_readme_lines(sj, network=f"{sj['model']} on Imagenette", images="val photos", ann=ann)
+        lines += sj_readme_lines(sj, network=f"{sj['model']} on Imagenette", images="val photos", ann=_sj_ann(out, sj))
     met, missed = verdicts(out)
     lines += ["", "Imagenette targets met: " + ("; ".join(met) or "none") + ".", "",
               "Imagenette targets missed: " + ("; ".join(missed) or "none") + ".", "",
