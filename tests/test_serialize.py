@@ -178,3 +178,57 @@ def test_a_network_file_where_weights_are_expected_says_what_to_do(tmp_path):
     sc.convert(model, calib, timesteps=3).save(path)
     with pytest.raises(ValueError, match="is a converted network, not float weights: measure it with evaluate --snn"):
         load_model("resnet20", "cifar10", str(path))
+
+
+@pytest.mark.parametrize("name", ["vgg_maxpool", "resnet_block"])
+def test_half_weights_file_is_the_rounded_network_and_still_exact(name, tmp_path):
+    """save(half_weights=True): the layers' weights go to the file as float16 (a smaller file) and
+    come back as float32 equal to the saved weights rounded to float16; thresholds, shifts and biases
+    come back bit for bit; the loaded network is exact (simulator == twin, every layer's train) and
+    equals the original network with its weights rounded the same way."""
+    import copy
+
+    from test_equivalence import check_identical
+
+    model, shape = make(name, dtype=torch.float32)
+    calib, x = _data(shape)
+    snn = sc.convert(model, calib.float(), timesteps=4)
+    full, half = tmp_path / "full.snn", tmp_path / "half.snn"
+    snn.save(full)
+    snn.save(half, half_weights=True)
+    assert half.stat().st_size < 0.75 * full.stat().st_size
+    back = sc.load(half)
+    orig, loaded = snn.state_dict(), back.state_dict()
+    assert orig.keys() == loaded.keys()
+    halved = [k for k in orig if k.endswith(".weight") and "act" not in k]
+    assert halved, "no weight tensor was halved"
+    for k, v in orig.items():
+        if not torch.is_tensor(v):  # a spiking layer's extra state (T, beta, phi, mode)
+            assert loaded[k] == v, k
+            continue
+        assert loaded[k].dtype == v.dtype, k
+        assert torch.equal(loaded[k], v.half().float() if k in halved else v), k
+    rounded = copy.deepcopy(snn)
+    rounded.load_state_dict({k: (v.half().float() if k in halved else v) for k, v in orig.items()})
+    assert torch.equal(back(x.float()), rounded(x.float()))
+    check_identical(copy.deepcopy(back).double(), x[:2])
+    assert not torch.equal(back(x.float()), snn(x.float())) or all(
+        torch.equal(orig[k], orig[k].half().float()) for k in halved)
+
+
+def test_half_weights_listing_checked(tmp_path):
+    from safetensors.torch import save_file
+
+    from spikeconverter.checkpoint import META_KEY
+    from spikeconverter.serialize import read
+
+    model, shape = make("vgg_maxpool", dtype=torch.float32)
+    calib, _ = _data(shape)
+    path = tmp_path / "half.snn"
+    sc.convert(model, calib.float(), timesteps=3).save(path, half_weights=True)
+    tensors, doc = read(path)
+    doc["float16_tensors"].append("module.nowhere.weight")
+    save_file({k: (v.half() if k in doc["float16_tensors"] else v) for k, v in tensors.items()}, str(path),
+              metadata={META_KEY: json.dumps(doc)})
+    with pytest.raises(SnnFileError, match="nowhere"):
+        sc.load(path)

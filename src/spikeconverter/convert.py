@@ -125,13 +125,15 @@ class SpikingNetwork(nn.Module):
             info.theta, info.beta, info.phi = m.theta, m.beta, m.phi
         return result
 
-    def save(self, path, extra: dict | None = None) -> None:
+    def save(self, path, extra: dict | None = None, half_weights: bool = False) -> None:
         """Write the network to one safetensors file, no pickle (``spikeconverter.load`` reads it
         back bit for bit, without the model's class). ``extra``: JSON-able notes kept with it
-        (default: ``self.source``, the notes a loaded or fine-tuned network carries)."""
+        (default: ``self.source``, the notes a loaded or fine-tuned network carries).
+        ``half_weights``: store the layers' weights as float16 (half the file); the loaded network
+        then has float16-rounded weights (run in float32, still exact as an SNN), so measure it as loaded."""
         from .serialize import save
 
-        save(self, path, getattr(self, "source", None) if extra is None else extra)
+        save(self, path, getattr(self, "source", None) if extra is None else extra, half_weights)
 
     def export(self, directory):
         """The integer deployment bundle of a fixed-point network (docs/deploy.md): integer weights,

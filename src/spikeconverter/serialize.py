@@ -14,6 +14,12 @@ tensors, and in the header one JSON document with
 Loading builds only those classes and functions, so a file cannot make anything else run; a file
 that names anything outside the table is refused in one line. The loaded network equals the saved
 one bit for bit (the tests compare the fast path and every layer's spike trains).
+
+``save(..., half_weights=True)`` stores the weight tensors of the linear layers as float16 (half the
+file; the document lists them under ``float16_tensors``) and ``load`` widens them back to float32. The
+loaded network is then the saved one with its weights rounded to float16 -- a different network by
+that rounding, still exact as an SNN (its twin is computed from the same rounded weights), so a
+network kept that way is measured as loaded. Thresholds, shifts and biases always stay float32.
 """
 
 from __future__ import annotations
@@ -152,9 +158,10 @@ def _module_config(mod: nn.Module, path: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def save(snn, path, extra: dict | None = None) -> None:
+def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> None:
     """Write ``snn`` (a SpikingNetwork) to ``path``. ``extra``: JSON-able notes kept in the file
-    (where the network came from: model, dataset, checkpoint, fine-tuning)."""
+    (where the network came from: model, dataset, checkpoint, fine-tuning). ``half_weights``: store
+    the float32 ``weight`` tensors of non-spiking modules as float16 (see the module docstring)."""
     from .graph import SpikeActivation
 
     gm = snn.gm
@@ -200,6 +207,12 @@ def save(snn, path, extra: dict | None = None) -> None:
 
     doc = {"format": FORMAT, "version": VERSION, "spikeconverter": __version__, "graph": graph, "modules": modules,
            "network": network, "layers": layers, "extra": _enc(dict(extra or {}))}
+    if half_weights:
+        halved = sorted(k for k, t in tensors.items()
+                        if k.startswith("module.") and k.endswith(".weight") and t.dtype == torch.float32
+                        and modules[k[len("module."):-len(".weight")]]["class"] != "SpikeActivation")
+        tensors = {**tensors, **{k: tensors[k].half() for k in halved}}
+        doc["float16_tensors"] = halved
     save_tensors(Path(path), tensors, doc)
 
 
@@ -233,6 +246,10 @@ def read(path) -> tuple[dict, dict]:
     if doc.get("version") != VERSION:
         raise SnnFileError(f"{path} is a version {doc.get('version')} network file (written by spikeconverter "
                            f"{doc.get('spikeconverter', '?')}); this spikeconverter reads version {VERSION}")
+    for k in doc.get("float16_tensors", []):  # stored half, run in float32 (save(half_weights=True))
+        if k not in tensors or tensors[k].dtype != torch.float16:
+            raise SnnFileError(f"{path}: float16_tensors names {k!r}, which the file does not hold as float16")
+        tensors[k] = tensors[k].float()
     return tensors, doc
 
 
