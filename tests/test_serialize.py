@@ -232,3 +232,5 @@ def test_half_weights_listing_checked(tmp_path):
               metadata={META_KEY: json.dumps(doc)})
     with pytest.raises(SnnFileError, match="nowhere"):
         sc.load(path)
+    with pytest.raises(ValueError, match="fixed-point"):
+        sc.convert(model, calib.float(), timesteps=3, fixed_point=True).save(path, half_weights=True)

@@ -208,6 +208,9 @@ def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> No
     doc = {"format": FORMAT, "version": VERSION, "spikeconverter": __version__, "graph": graph, "modules": modules,
            "network": network, "layers": layers, "extra": _enc(dict(extra or {}))}
     if half_weights:
+        if snn.exact_bounds is not None:  # its weights sit on a fixed-point grid whose bounds were proven
+            raise ValueError("half_weights: a fixed-point network keeps its weights as they are (float16 "
+                             "rounding would leave the grid its exact bounds were derived for)")
         halved = sorted(k for k, t in tensors.items()
                         if k.startswith("module.") and k.endswith(".weight") and t.dtype == torch.float32
                         and modules[k[len("module."):-len(".weight")]]["class"] != "SpikeActivation")
