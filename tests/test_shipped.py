@@ -77,7 +77,8 @@ def test_claimed_accuracy_reproduces_exactly(name, dataset):
     assert evaluate_accuracy(model, _test_set(dataset, meta)) == meta["test_acc"]
 
 
-FINETUNED = [("resnet20", 2), pytest.param("resnet20", 3, marks=pytest.mark.slow)]
+FINETUNED = [("resnet20", 2)] + [pytest.param(m, T, marks=pytest.mark.slow)
+                                 for m, T in [("resnet20", 3), ("vgg16", 3), ("vgg16", 2), ("mobilenet_v2", 3)]]
 
 
 def _finetuned(name, T):
@@ -112,15 +113,17 @@ def test_shipped_finetuned_network_loads_and_is_exact(name, T):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,T", [("resnet20", 2), ("resnet20", 3)])
-def test_shipped_finetuned_network_beats_post_training(name, T):
-    """On 2,000 fixed test images, more accurate than post-training conversion (default calibration)
-    of the same ANN at the same T."""
+@pytest.mark.parametrize("name,T,images", [("resnet20", 2, 2000), ("resnet20", 3, 2000), ("vgg16", 2, 2000),
+                                           ("mobilenet_v2", 3, 2000), ("vgg16", 3, 10000)])
+def test_shipped_finetuned_network_beats_post_training(name, T, images):
+    """More accurate than post-training conversion (default calibration) of the same ANN at the same
+    T, on fixed test images: 2,000, or all 10,000 for VGG-16 at T = 3, whose margin (+0.44 pp on the
+    full set) is within the noise of 2,000 images (there it is 0.10 pp behind)."""
     from spikeconverter.evaluate import calibration_data
 
     ft = _finetuned(name, T)
-    x, y = _images(2000)
+    x, y = _images(images)
     post = sc.convert(sc.models.create(name, pretrained=True), calibration_data("cifar10", 512), timesteps=T)
-    acc_ft = float((ft(x).argmax(1) == y).float().mean())
-    acc_post = float((post(x).argmax(1) == y).float().mean())
+    acc_ft = float(sum((ft(xb).argmax(1) == yb).sum() for xb, yb in zip(x.split(1000), y.split(1000)))) / len(y)
+    acc_post = float(sum((post(xb).argmax(1) == yb).sum() for xb, yb in zip(x.split(1000), y.split(1000)))) / len(y)
     assert acc_ft > acc_post, (acc_ft, acc_post)
