@@ -188,6 +188,9 @@ def main():
         update_readme(json.loads((DOCS / "results.json").read_text()))
         return
     models = args.models or [m for m, ds in available().items() if "cifar10" in ds]
+    # a model named in --reuse keeps its stored sweep even when --models leaves it out (the document
+    # is rewritten whole: leaving it out used to drop its rows)
+    models += [p for p in args.reuse if p not in ("sj", "speed") and p not in models]
     zoo_order = [m for m, _ in CHECKPOINT_TARGETS]  # the same row order in every regenerated table
     models.sort(key=lambda m: zoo_order.index(m) if m in zoo_order else len(zoo_order))
     if not models:
