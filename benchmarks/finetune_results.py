@@ -23,6 +23,7 @@ import json
 import time
 from pathlib import Path
 
+from spikeconverter import load
 from spikeconverter.evaluate import evaluate
 from spikeconverter.models import CHECKPOINT_DIR
 
@@ -70,10 +71,10 @@ def run(networks, limit, reuse=()) -> dict:
             out["models"][model] = {"measured": {"machine": stored["machine"], "date": stored["date"]},
                                     **stored["models"][model]}
     for path in networks:
+        if load(path).source.get("model") in reuse:  # kept from the stored file: not measured again
+            continue
         r = evaluate(snn=str(path), limit=limit, quiet=True)
         model = r["model"]
-        if model in reuse:
-            continue
         entry = out["models"].setdefault(model, {"ann_accuracy": r["ann_accuracy"], "rows": [], "files": [],
                                                  "measured": {"machine": out["machine"], "date": now}})
         ft = r.get("finetune", {})

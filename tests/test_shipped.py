@@ -124,6 +124,9 @@ def test_shipped_finetuned_network_beats_post_training(name, T, images):
     ft = _finetuned(name, T)
     x, y = _images(images)
     post = sc.convert(sc.models.create(name, pretrained=True), calibration_data("cifar10", 512), timesteps=T)
-    acc_ft = float(sum((ft(xb).argmax(1) == yb).sum() for xb, yb in zip(x.split(1000), y.split(1000)))) / len(y)
-    acc_post = float(sum((post(xb).argmax(1) == yb).sum() for xb, yb in zip(x.split(1000), y.split(1000)))) / len(y)
+    acc_ft, acc_post = _accuracy(ft, x, y), _accuracy(post, x, y)
     assert acc_ft > acc_post, (acc_ft, acc_post)
+
+
+def _accuracy(net, x, y, batch=1000):
+    return float(sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))) / len(y)

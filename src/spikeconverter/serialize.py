@@ -211,9 +211,10 @@ def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> No
         if snn.exact_bounds is not None:  # its weights sit on a fixed-point grid whose bounds were proven
             raise ValueError("half_weights: a fixed-point network keeps its weights as they are (float16 "
                              "rounding would leave the grid its exact bounds were derived for)")
+        # spiking layers hold no "weight" (their tensors are theta_map and shift), so this takes the
+        # linear layers' weights only
         halved = sorted(k for k, t in tensors.items()
-                        if k.startswith("module.") and k.endswith(".weight") and t.dtype == torch.float32
-                        and modules[k[len("module."):-len(".weight")]]["class"] != "SpikeActivation")
+                        if k.startswith("module.") and k.endswith(".weight") and t.dtype == torch.float32)
         tensors = {**tensors, **{k: tensors[k].half() for k in halved}}
         doc["float16_tensors"] = halved
     save_tensors(Path(path), tensors, doc)
