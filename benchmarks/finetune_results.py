@@ -249,7 +249,15 @@ def readme_lines(data: dict) -> str:
     return "\n".join(out)
 
 
+def _zoo_order(data: dict) -> dict:
+    """``data`` with its models in the zoo's order (as paper_table's tables), whatever order they were
+    measured or reused in."""
+    order = {m: i for i, m in enumerate(MODELS)}
+    return {**data, "models": dict(sorted(data["models"].items(), key=lambda kv: order.get(kv[0], len(order))))}
+
+
 def write(data: dict) -> None:
+    data = _zoo_order(data)
     (DOCS / "finetune.json").write_text(json.dumps(data, indent=2) + "\n")
     md = DOCS / "results.md"
     _common.replace_section(md, "finetune", render(data), heading="## Fine-tuning for few time steps")
