@@ -313,8 +313,10 @@ def test_readme_api_snippet_defines_x_before_using_it():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = text.split("```python", 1)[1].split("```", 1)[0]
+    block = text.split("## The API in one screen", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     assert block.index("x, y = ") < block.index("snn(x)")
+    # test images of more than one class (the split is stored class by class), no undefined names
+    assert "shuffle=True" in block.split("x, y = ", 1)[1].split("\n", 1)[0] and "xs" not in block
 
 
 @needs_shipped

@@ -60,7 +60,16 @@ def _is_torch_pickle(path: Path) -> bool:
 def import_checkpoint(src: Path, out: Path) -> int:
     """A ``torch.save`` state dict (or {"state_dict": ...} / {"model": ...}) -> a safetensors file,
     read with ``weights_only=True`` (no code runs). Returns the number of tensors written."""
-    obj = torch.load(src, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch.save(model) pickles the class itself; only a state dict loads without running code
+        raise ValueError(
+            f"{Path(src).name} holds a pickled Python object (a whole model?), not a state dict of tensors; reading "
+            "it would run code. Where the model's class is defined, save its weights with "
+            "torch.save(model.state_dict(), 'weights.pt') and import that file") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):

@@ -66,12 +66,21 @@ def _evaluate(args) -> int:
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
-                 **_calibration(args))
+                 precision=args.precision, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
             write_json(r, args.json)
     return 0
+
+
+def _make_parent_folders(*paths) -> None:
+    """Output folders are made before the work, so that a long run cannot fail at its last step."""
+    from pathlib import Path
+
+    for path in paths:
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sweep(args) -> int:
@@ -84,6 +93,7 @@ def _sweep(args) -> int:
         supported = Figure().canvas.get_supported_filetypes()
         if fmt not in supported:
             raise ValueError(f"--plot {args.plot}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
+    _make_parent_folders(args.plot, args.json, args.progress)
 
     r = sweep(model=args.model, dataset=args.dataset, timesteps=tuple(args.T), rate_timesteps=tuple(args.rate_T),
               beta=_beta(args.beta), checkpoint=args.checkpoint, limit=args.limit, rate_limit=args.rate_limit,
@@ -94,10 +104,10 @@ def _sweep(args) -> int:
               progress_file=args.progress, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_sweep(r))
+        if args.json:  # the measurement first: a plot that fails must not lose it
+            write_json(r, args.json)
         if args.plot:
             plot_sweep(r, args.plot)
-        if args.json:
-            write_json(r, args.json)
     return 0
 
 
@@ -184,15 +194,10 @@ def _finetune(args) -> int:
     from pathlib import Path
 
     from .data import load_dataset
+    from .device import resolve
     from .evaluate import _sized, _subset, calibration_data, load_model
     from .finetune import FinetuneConfig, finetune
     from .train import balanced_subset
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    from .device import resolve
 
     net, info = load_model(args.model, args.dataset, args.checkpoint)
     net = net.to(resolve(args.device))
@@ -232,13 +237,13 @@ def _import_checkpoint(args) -> int:
 
 
 def _demo(args) -> int:
-    args.model, args.dataset, args.T, args.beta, args.method, args.engine = "resnet20", "cifar10", 8, "2", \
-        "spikeconverter", "fast"
-    args.checkpoint, args.threshold, args.phi, args.json = None, None, 0.5, None
-    args.calibration, args.no_compile, args.download = 512, False, False
+    # the evaluate command as its parser builds it (every option present, with its default), then
+    # the demo's own options on top: a new evaluate option can never be missing here
+    ev = build_parser().parse_args(["evaluate", "--model", "resnet20", "--dataset", "cifar10", "-T", "8"])
+    vars(ev).update({k: v for k, v in vars(args).items() if k not in ("func", "command")})
     print("spikeconverter demo: shipped ResNet-20 (CIFAR-10) converted at T = 8, beta = 2; "
-          "full test set, exact fast path\n")
-    return _evaluate(args)
+          + (f"{args.limit} test images" if args.limit else "full test set") + ", exact fast path\n")
+    return _evaluate(ev)
 
 
 def _beta(b: str):
@@ -248,6 +253,20 @@ def _beta(b: str):
         return float(b)
     except ValueError:
         raise ValueError(f"--beta must be a number in [1, 2] or 'search', got {b!r}") from None
+
+
+def _runtime_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes (after the subcommand's name, where users type them)."""
+    r = argparse.ArgumentParser(add_help=False)
+    g = r.add_argument_group("runtime")
+    g.add_argument("--threads", type=_positive("--threads"), default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
+    g.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    g.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
+    g.add_argument("--download", action="store_true",
+                   help="CIFAR-10/100: fetch the official release (md5-checked) if no copy is found")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return r
 
 
 def _common(p, T_default=8):
@@ -260,12 +279,7 @@ def _common(p, T_default=8):
     p.add_argument("--calibration", type=_positive("--calibration"), default=512,
                    help="training images used for calibration")
     p.add_argument("--beta", default="2", help="growth factor in [1, 2], or 'search'")
-    p.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--download", action="store_true",
-                   help="CIFAR-10/100: fetch the official release (md5-checked) if no copy is found")
-    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--no-compile", action="store_true",
                    help="do not build the fused quantizer kernel (same results, slower fast path)")
     c = p.add_argument_group("post-training calibration (two-phase method; default: per channel, bias correction)")
@@ -288,14 +302,32 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
+def _kept_after_interrupt(args) -> str:
+    """What a Ctrl-C leaves behind, per command, and how to go on."""
+    if args.func is _sweep:
+        if args.progress:
+            return f"the finished rows are kept in {args.progress}; run the same command again to resume there"
+        return "no rows were kept (a sweep run with --progress FILE keeps its finished rows and resumes there)"
+    if args.func is _finetune:
+        return (f"{args.out} keeps the last finished epoch, if one finished (continue with --resume)")
+    if args.func in (_convert, _export):
+        return f"nothing was written ({args.out} is written only once the conversion has finished)"
+    if args.func is _import_checkpoint:
+        return f"nothing was written ({args.out} is written in one step at the end)"
+    if args.func is _show:
+        return "nothing was written"
+    return "nothing was written; the measurement starts afresh when run again"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="spikeconverter", description="Convert trained CNNs into spiking networks that compute the "
                 "same function (SpikeConverter: temporal separation, iLIF neurons), and measure them.")
     p.add_argument("--threads", type=_positive("--threads"), default=None, dest="global_threads",
                    help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
     sub = p.add_subparsers(dest="command", required=True)
+    runtime = [_runtime_options()]
 
-    t = sub.add_parser("train", help="train a model of the zoo (checkpoint every epoch, --resume)")
+    t = sub.add_parser("train", parents=runtime, help="train a model of the zoo (checkpoint every epoch, --resume)")
     t.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
     t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, fashion_mnist, imagenet, imagenette")
     t.add_argument("--epochs", type=_positive("--epochs"), default=60, help="epochs in the whole schedule")
@@ -309,10 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in float32 (on CPUs without native bf16, e.g. the 2-core dev box, float32 is faster)")
     t.add_argument("--image-size", type=_positive("--image-size"), default=None,
                    help="imagenette: train and test at this side (default 224; decoded once at side/0.875)")
-    t.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
-    t.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
-    t.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
-    t.add_argument("--download", action="store_true", help="CIFAR: fetch the official release if no copy is found")
     t.add_argument("--out", required=True, help="run checkpoint (.safetensors), rewritten every epoch")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--export", default=None, help="also write the final weights here (shippable form)")
@@ -322,10 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a fixed random, class-balanced subset of N training images (smoke runs)")
     t.add_argument("--test-limit", type=_positive("--test-limit"), default=None,
                    help="score each epoch on a fixed random subset of N test images (default: all)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="convert a model and report accuracy, latency, spikes, SOPs, energy")
+    e = sub.add_parser("evaluate", parents=runtime, help="convert a model and report accuracy, latency, spikes, SOPs, energy")
     _common(e)
     e.add_argument("-T", "--timesteps", dest="T", type=int, default=None, help="time steps (per phase; default 8)")
     e.add_argument("--snn", default=None, help="measure this network file (convert/finetune --out) as it is: "
@@ -337,9 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: the exact twin; simulate: the time-stepped spiking network")
     e.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     e.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    e.add_argument("--precision", choices=["float32", "float64"], default="float32",
+                   help="the network's arithmetic; in float64 both engines give the same digits, spikes and SOPs")
     e.set_defaults(func=_evaluate)
 
-    s = sub.add_parser("sweep", help="accuracy vs T for our method and the rate baseline (table, plot, JSON)")
+    s = sub.add_parser("sweep", parents=runtime, help="accuracy vs T for our method and the rate baseline (table, plot, JSON)")
     _common(s)
     s.add_argument("-T", "--timesteps", dest="T", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
     s.add_argument("--rate-T", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512])
@@ -353,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "setup: for sweeps that take hours")
     s.set_defaults(func=_sweep)
 
-    sh = sub.add_parser("show", help="draw one input's run: per layer accumulate/generate windows, spike rasters, "
-                        "spikes and thresholds")
+    sh = sub.add_parser("show", parents=runtime, help="draw one input's run: per layer accumulate/generate windows, "
+                        "spike rasters, spikes and thresholds")
     _common(sh)
     sh.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=8, help="time steps (per phase)")
     sh.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
@@ -362,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="picture file (.png, .pdf, .svg)")
     sh.set_defaults(func=_show)
 
-    cv = sub.add_parser("convert", help="convert a model and save the spiking network to one file (no pickle)")
+    cv = sub.add_parser("convert", parents=runtime, help="convert a model and save the spiking network to one file (no pickle)")
     _common(cv)
     cv.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=8, help="time steps (per phase)")
     cv.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
@@ -371,14 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="the network file to write (e.g. net.snn)")
     cv.set_defaults(func=_convert)
 
-    ex = sub.add_parser("export", help="convert in fixed point and write the integer deployment bundle (docs/deploy.md)")
+    ex = sub.add_parser("export", parents=runtime,
+                        help="convert in fixed point and write the integer deployment bundle (docs/deploy.md)")
     _common(ex)
     ex.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=6, help="time steps (per phase)")
     ex.add_argument("--samples", type=int, default=8, help="test images saved with the engine's logits (0: none)")
     ex.add_argument("--out", required=True, help="the bundle folder to write")
     ex.set_defaults(func=_export)
 
-    ft = sub.add_parser("finetune", help="fine-tune the quantized twin for few time steps (learned thresholds, "
+    ft = sub.add_parser("finetune", parents=runtime, help="fine-tune the quantized twin for few time steps (learned thresholds, "
                         "straight-through gradients); writes a network file every epoch")
     _common(ft)
     ft.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=3, help="time steps (per phase)")
@@ -400,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--resume", action="store_true", help="continue the run in --out")
     ft.add_argument("--stop-after", type=_positive("--stop-after"), default=None,
                     help="run at most N epochs now (resume later)")
-    ft.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     ft.set_defaults(func=_finetune)
 
     ic = sub.add_parser("import-checkpoint", help="convert a torch.save state dict (.pt/.pth) to safetensors, safely")
@@ -408,10 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--out", required=True, help="the .safetensors file to write")
     ic.set_defaults(func=_import_checkpoint)
 
-    d = sub.add_parser("demo", help="the main job: evaluate the shipped ResNet-20 at T = 8")
+    d = sub.add_parser("demo", parents=runtime, help="the main job: evaluate the shipped ResNet-20 at T = 8")
     d.add_argument("--limit", type=_positive("--limit"), default=None, help="a fixed random subset of N test images")
-    d.add_argument("--data", default=None, help="dataset root (default: SPIKECONVERTER_DATA, then usual places)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
     return p
 
@@ -422,10 +449,11 @@ def main(argv=None) -> int:
     except _UsageError as e:
         print(f"spikeconverter: error: {e} (see --help)", file=sys.stderr)
         return 2
-    if args.global_threads:
+    threads = getattr(args, "threads", None) or args.global_threads  # after or before the subcommand
+    if threads:
         import torch
 
-        torch.set_num_threads(args.global_threads)
+        torch.set_num_threads(threads)
     if distributed.active():
         if args.func not in (_evaluate, _sweep, _train):
             print(f"spikeconverter: error: {args.command} runs in one process; under torchrun only evaluate, "
@@ -446,6 +474,8 @@ def main(argv=None) -> int:
         print(f"spikeconverter: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.func is not _train:  # train says what its checkpoint keeps itself
+            print(f"spikeconverter: interrupted; {_kept_after_interrupt(args)}", file=sys.stderr)
         return 130
     finally:
         distributed.teardown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -298,6 +299,7 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
     """The calibration batches, checked (finite, one shape, accepted by the model's pools), cast to
     the network's precision. Yields (index, batch)."""
     input_shape = None
+    images = 0
     it = iterate_calibration(calibration)
     if progress:
         from tqdm import tqdm
@@ -306,6 +308,7 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
     for i, x in enumerate(it):
         check_batch(x)
         if input_shape is None:
+            _check_batch_axis(plan, x)
             input_shape = tuple(x.shape[1:])
             try:
                 # a graph check that needs shapes: before the work
@@ -314,7 +317,28 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
                 raise _rejected(x, e) from None
         elif tuple(x.shape[1:]) != input_shape:
             raise ValueError(f"calibration batches differ in shape: {tuple(x.shape[1:])} vs {input_shape}")
+        images += len(x)
         yield i, x.to(device=_device(plan.gm), dtype=dtype)
+    if 0 < images < MIN_CALIBRATION_IMAGES:
+        warnings.warn(f"calibration holds only {images} image{'s' if images > 1 else ''}: thresholds and bias "
+                      f"corrections chosen on fewer than {MIN_CALIBRATION_IMAGES} images fit those images, not "
+                      "the data (use a few hundred training images; the command line takes 512)", stacklevel=4)
+
+
+# Below this many calibration images convert() warns: thresholds are per-channel statistics, and
+# a handful of images leaves most channels' upper tails unseen.
+MIN_CALIBRATION_IMAGES = 32
+
+
+def _check_batch_axis(plan: GraphPlan, x: torch.Tensor) -> None:
+    """One image without its batch axis (a common slip) would otherwise fail deep inside the model
+    with a shape error; the first convolution says how many axes a batch has."""
+    first = next((plan.gm.get_submodule(n.target) for n in plan.gm.graph.nodes if n.op == "call_module"
+                  and isinstance(plan.gm.get_submodule(n.target), nn.modules.conv._ConvNd)), None)
+    if first is not None and x.dim() == len(first.kernel_size) + 1:
+        raise ValueError(f"calibration input of shape {tuple(x.shape)} has no batch axis (the model's first "
+                         f"convolution takes {x.dim() + 1}-D batches): pass x.unsqueeze(0) for one image, or better "
+                         "a batch of a few hundred")
 
 
 def _rejected(x: torch.Tensor, e: Exception) -> ValueError:

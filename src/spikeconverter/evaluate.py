@@ -27,6 +27,7 @@ CALIBRATION_KEYS = ("per_channel", "sequential", "bias_correction")
 # 128 px with beta = 1 needed ~10 GB and, beside a training job, were OOM-killed. Batches are cut to
 # fit; per-image results do not depend on the batch.
 COUNTING_MEMORY_BYTES = 2 * 2**30
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
 def load_model(name: str, dataset: str, checkpoint: str | None = None):
@@ -76,6 +77,19 @@ def _subset(ds, n: int | None, seed: int):
         out.images, out.labels = ds.images[idx], ds.labels[idx]
         return out
     return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def data_digest(ds) -> str | None:
+    """sha256 (first 16 hex digits) of a test set's decoded pixels and labels: when a published
+    figure drifts, this says whether the images differ (another decoder) or the arithmetic does.
+    None for datasets read lazily from folders (hashing them would decode every photo)."""
+    if not isinstance(ds, ArrayDataset):
+        return None
+    import hashlib
+
+    h = hashlib.sha256(ds.images.contiguous().numpy().tobytes())
+    h.update(ds.labels.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _batches(ds, batch_size: int, device=None):
@@ -158,12 +172,12 @@ class _Accumulator:
 
 def _ann_accuracy(model, ds, batch_size, quiet) -> float:
     acc, records = _Accumulator(), []
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     with torch.no_grad():
-        batches = _progress(_batches(ds, batch_size, device), "ANN", math.ceil(len(ds) / batch_size), quiet)
+        batches = _progress(_batches(ds, batch_size, param.device), "ANN", math.ceil(len(ds) / batch_size), quiet)
         for i, (x, y) in enumerate(batches):
             if distributed.mine(i):
-                records.append((i, acc.record(model(x), y, None)))
+                records.append((i, acc.record(model(x.to(param.dtype)), y, None)))
     acc.add_in_order(records)
     return acc.accuracy
 
@@ -173,23 +187,31 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
-             snn: str | None = None, device: str | None = None) -> dict:
+             snn: str | None = None, device: str | None = None, precision: str = "float32") -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
     ``timesteps``: T (default 8; with ``snn``, the file's).
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
+    ``precision``: float32 (the default) or float64, the network's arithmetic. In float64 the fast
+    path and the time-stepped simulation agree digit for digit (accuracy, spikes, SOPs); in float32
+    a pre-activation that lies within rounding of a code level can round to either side, so the two
+    engines may differ in a few digits (docs/method.md, "What exact means").
     ``snn``: a network file (``snn.save``, ``spikeconverter convert/finetune --out``) to measure as it
     is, nothing converted; its model and dataset come from the file, the ANN it is compared with is
     ``checkpoint`` or the shipped one."""
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = resolve_device(device)
+    dtype = PRECISIONS[precision]
     if snn is None and checkpoint is not None and Path(checkpoint).suffix == ".snn":
         snn, checkpoint = checkpoint, None  # a network file (convert/finetune --out) given as the checkpoint
     if snn is not None:
-        return _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
-                              download, dataset, dev)
+        out = _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
+                             download, dataset, dev, dtype)
+        return dict(out, precision=precision)
     timesteps = 8 if timesteps is None else timesteps
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
@@ -198,7 +220,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
-    net = net.to(dev)
+    net = net.to(device=dev, dtype=dtype)  # convert() keeps the model's precision
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
     t0 = time.time()
@@ -207,16 +229,16 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
                         progress=not quiet, **dict(zip(CALIBRATION_KEYS, options))))
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, len(calib), engine, batch_size, quiet, compile, t0)}
-    out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)))
+    out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)), precision=precision)
     return out
 
 
 def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile, download,
-                   dataset, dev):
+                   dataset, dev, dtype=torch.float32):
     from .serialize import load
 
     t0 = time.time()
-    snn = load(path).to(dev)
+    snn = load(path).to(device=dev, dtype=dtype)
     src = getattr(snn, "source", {}) or {}
     if timesteps is not None and timesteps != snn.timesteps:
         raise ValueError(f"{Path(path).name} was converted for T = {snn.timesteps}; drop -T or convert again")
@@ -225,7 +247,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
         net, info = snn.ann(), {"checkpoint": None, "image_size": src.get("image_size")}
     else:
         net, info = load_model(model, dataset, checkpoint)
-    net = net.to(dev)
+    net = net.to(device=dev, dtype=dtype)
     if snn.method == "rate" and engine == "fast":
         engine = "simulate"
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
@@ -261,13 +283,14 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     batch_size = counting_batch(snn, cost, batch_size)
     acc, records = _Accumulator(), []
     t0 = time.time()
-    device = next(snn.parameters()).device
+    device, dtype = next(snn.parameters()).device, next(snn.parameters()).dtype
     with torch.no_grad():
         batches = _progress(_batches(test, batch_size, device), f"SNN ({engine})", math.ceil(len(test) / batch_size),
                             quiet)
         for i, (x, y) in enumerate(batches):
             if not distributed.mine(i):  # torchrun: batch i is rank (i mod N)'s
                 continue
+            x = x.to(dtype)  # the network's precision (counting reads the graph directly)
             if engine == "fast":
                 counts, logits = neuron_spike_counts(snn, x, return_logits=True)
             else:
@@ -277,7 +300,7 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     acc.add_in_order(records)
     t_snn = time.time() - t0
     out = {
-        "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
+        "data": getattr(test, "source", ""), "data_sha256": data_digest(test), "checkpoint": info["checkpoint"],
         "method": snn.method, "engine": engine, "timesteps": snn.timesteps,
         "beta": snn.layers[0].beta if snn.layers else None,
         "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold,
@@ -302,12 +325,14 @@ def _device_name(device) -> str:
 
 
 def format_evaluate(r: dict) -> str:
+    name = r["model"] or (f"your model ({r['snn_file'].split(' ')[0]})" if r.get("snn_file") else "your model")
+    calib = (f"{r['calibration_images']} training images" if r.get("calibration_images") is not None
+             else "not recorded in the file")
     rows = [
-        ("model / data", f"{r['model']} / {r['dataset']} ({r['test_images']} test images; calibration: "
-                         f"{r['calibration_images']} training images)"),
+        ("model / data", f"{name} / {r['dataset']} ({r['test_images']} test images; calibration: {calib})"),
         ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']}"
                    + "".join(f", {k.replace('_', ' ')}" for k, v in r.get("calibration_options", {}).items() if v)
-                   + ")"),
+                   + (f", {r['precision']}" if r.get("precision", "float32") != "float32" else "") + ")"),
         ("ANN accuracy", f"{r['ann_accuracy']:.2f} %"),
         ("SNN accuracy", f"{r['snn_accuracy']:.2f} %"),
         ("difference", f"{r['difference_pp']:+.2f} pp"),
@@ -434,7 +459,8 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                              energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
                              images=len(rate_test)))
             progress.add(rows[-1])
-    return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "checkpoint": info["checkpoint"],
+    return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "data_sha256": data_digest(test),
+            "checkpoint": info["checkpoint"],
             "image_size": info.get("image_size"),
             "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
             "rate_images": len(rate_test), "calibration_images": len(calib), "calibration_options": options,

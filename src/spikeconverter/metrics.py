@@ -214,7 +214,9 @@ def report(snn, x: torch.Tensor, neuron_counts: dict | None = None, cost: CostMo
         else:
             snn_macs += op.macs * steps
     names = {a: snn.plan.layer_name(a) for a in snn.plan.spikers}
-    per_layer = {names[a]: float(neuron_counts[a].sum()) / B for a in names if a in neuron_counts}
+    # counts are integers: summed in float64 they are exact (float32 rounds past 2^24 spikes a batch,
+    # differently with the thread count's summation order)
+    per_layer = {names[a]: float(neuron_counts[a].sum(dtype=torch.float64)) / B for a in names if a in neuron_counts}
     spikes = sum(per_layer.values())
     e_snn = (snn_macs * E_MAC_PJ + sops * E_AC_PJ) * 1e-6
     e_ann = ann_macs * E_MAC_PJ * 1e-6
