@@ -28,6 +28,7 @@ from spikeconverter.evaluate import evaluate
 from spikeconverter.models import CHECKPOINT_DIR
 
 import _common  # noqa: F401  (puts src/ on the path)
+import readme_headline
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -231,24 +232,6 @@ def target_lines(data: dict) -> list[str]:
             "Few-time-step targets missed: " + ("; ".join(missed) or "none") + "."]
 
 
-def readme_lines(data: dict) -> str:
-    out = []
-    for model, entry in data["models"].items():
-        rows = {(r["method"], r["timesteps"]): r for r in entry["rows"]}
-        parts = []
-        for T in sorted({t for _, t in rows}):
-            ft, post = rows.get(("fine-tuned", T)), rows.get(("post-training (default calibration)", T))
-            if ft:
-                parts.append(f"T = {T} (latency {ft['latency_steps']} steps): fine-tuned {ft['accuracy']:.2f} % "
-                             f"({ft['difference_pp']:+.2f} pp)" + (f", post-training {post['accuracy']:.2f} % "
-                                                                   f"({post['difference_pp']:+.2f} pp)" if post else ""))
-        out.append(f"Fine-tuned {model} (ANN {entry['ann_accuracy']:.2f} %, {rows[next(iter(rows))]['images']:,} test "
-                   f"images): " + "; ".join(parts) + ". Table, QCFS's published losses and the accuracy-vs-latency "
-                   "plot: [docs/results.md](docs/results.md#fine-tuning-for-few-time-steps).")
-    out += [""] + target_lines(data)
-    return "\n".join(out)
-
-
 def _zoo_order(data: dict) -> dict:
     """``data`` with its models in the zoo's order (as paper_table's tables), whatever order they were
     measured or reused in."""
@@ -261,7 +244,7 @@ def write(data: dict) -> None:
     (DOCS / "finetune.json").write_text(json.dumps(data, indent=2) + "\n")
     md = DOCS / "results.md"
     _common.replace_section(md, "finetune", render(data), heading="## Fine-tuning for few time steps")
-    _common.replace_section(ROOT / "README.md", "finetune", readme_lines(data), after="<!-- results:end -->")
+    readme_headline.write()
     for p in plot(data):
         print(f"wrote {p.relative_to(ROOT)}")
     print(f"wrote {md.relative_to(ROOT)} and docs/finetune.json")

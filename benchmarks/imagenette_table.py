@@ -39,6 +39,7 @@ from spikeconverter.evaluate import format_sweep, plot_sweep, sweep
 from spikeconverter.models import CHECKPOINT_TARGETS, available
 
 import _common
+import readme_headline
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -174,7 +175,7 @@ def verdicts(out: dict) -> tuple[list[str], list[str]]:
     return met, missed
 
 
-def readme_block(out: dict) -> str:
+def summary_block(out: dict) -> str:
     lines = ["Imagenette (10 ImageNet classes, real photos; not ImageNet), the ImageNet-shaped networks at the side they "
              f"were trained at, {_images(out)} val images:", "",
              "| model (side) | ANN % | ours T=8 % (latency) | ours: lowest T within 0.1 / 0.5 pp | rate T=512 % "
@@ -197,9 +198,7 @@ def readme_block(out: dict) -> str:
         lines += sj_readme_lines(sj, network=f"{sj['model']} on Imagenette", images="val photos", ann=_sj_ann(out, sj))
     met, missed = verdicts(out)
     lines += ["", "Imagenette targets met: " + ("; ".join(met) or "none") + ".", "",
-              "Imagenette targets missed: " + ("; ".join(missed) or "none") + ".", "",
-              "Tables, the beta = 1 ablation and speed: "
-              "[docs/results.md](docs/results.md#imagenette-imagenet-shaped-networks-on-real-photos)."]
+              "Imagenette targets missed: " + ("; ".join(missed) or "none") + "."]
     return "\n".join(lines)
 
 
@@ -209,8 +208,10 @@ def write(out: dict) -> None:
         plot_sweep(r, DOCS / f"acc_vs_T_{m}_imagenette.png")
     _common.replace_section(DOCS / "results.md", "imagenette", render(out),
                             heading="## Imagenette: ImageNet-shaped networks on real photos")
-    _common.replace_section(ROOT / "README.md", "imagenette", readme_block(out), after="<!-- results:end -->")
-    print("wrote docs/results.md (Imagenette section), docs/imagenette.json, the plots and the README lines")
+    _common.replace_section(DOCS / "results.md", "imagenette_summary", summary_block(out),
+                            heading="## Summary and targets (Imagenette)")
+    readme_headline.write()
+    print("wrote docs/results.md (Imagenette sections), docs/imagenette.json, the plots and the README's table")
 
 
 def main():
@@ -252,7 +253,7 @@ def main():
             progress_file(m).unlink(missing_ok=True)
     out = measure(models, args, old)
     print(render(out))
-    print(readme_block(out))
+    print(summary_block(out))
     if not args.no_write:
         write(out)
         for m in models:  # measured and written: a later run measures again

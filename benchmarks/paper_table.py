@@ -1,5 +1,5 @@
 """The paper's table, reproduced for every shipped checkpoint; writes docs/results.md (+ plots, JSON)
-and the README's results section.
+the summary section with the targets, and (readme_headline.py) the README's table.
 
 For each shipped CIFAR-10 checkpoint: the accuracy-vs-T sweep of our method (beta = 2, and beta = 1
 as the ablation "temporal separation without iLIF"), the rate baseline at T = 16..512, the lowest T
@@ -28,6 +28,7 @@ from spikeconverter.evaluate import format_sweep, plot_sweep, sweep
 from spikeconverter.models import CHECKPOINT_TARGETS, available
 
 import _common
+import readme_headline
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -182,10 +183,11 @@ def main():
                     help="for the models measured now, take the rate baseline's rows from docs/results.json (they do "
                          "not depend on our calibration; same checkpoint and rate subset required): our rows are then "
                          "measured in a fraction of the time")
-    ap.add_argument("--readme-only", action="store_true", help="rewrite the README section from docs/results.json")
+    ap.add_argument("--render", "--readme-only", dest="readme_only", action="store_true",
+                    help="only rewrite the summary section and the README's headline from docs/results.json")
     args = ap.parse_args()
     if args.readme_only:
-        update_readme(json.loads((DOCS / "results.json").read_text()))
+        update_summary(json.loads((DOCS / "results.json").read_text()))
         return
     models = args.models or [m for m, ds in available().items() if "cifar10" in ds]
     # a model named in --reuse keeps its stored sweep even when --models leaves it out (the document
@@ -295,7 +297,7 @@ def main():
         md += ["", "Reused from an earlier run of this script (`--reuse`, `--reuse-rate`): " + "; ".join(reused) + "."]
     (DOCS / "results.md").write_text(_keep_sections("\n".join(md) + "\n", DOCS / "results.md"))
     (DOCS / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    update_readme(out)
+    update_summary(out)
     print(f"wrote {DOCS / 'results.md'}")
 
 
@@ -330,10 +332,9 @@ def sj_readme_lines(sj: dict | None, network: str = "ResNet-20", images: str = "
     return lines
 
 
-def update_readme(out: dict) -> None:
-    """Replace the README's results section with a summary of docs/results.json."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def update_summary(out: dict) -> None:
+    """docs/results.md's summary of docs/results.json (one row per model, targets met and missed)
+    and the README's headline table."""
     lines = ["| model | ANN % | ours T=8 (latency) % | ours: lowest T within 0.1 pp | rate T=512 % (ANN on its subset) | "
              "rate: lowest T within 0.5 pp | published anchor |", "|---|---|---|---|---|---|---|"]
     misses, met = [], []
@@ -363,16 +364,14 @@ def update_readme(out: dict) -> None:
                 misses.append(f"{s['model']}: eager fast path (no C++ compiler, or --no-compile) {worst_eager:.2f}x")
     cal = sorted({calibration_words(r) for r in out["sweeps"].values()})
     lines += ["", "Our rows: " + " / ".join(cal) + (" The new default's effect at low T is measured in "
-              "[docs/results.md](docs/results.md#post-training-calibration-ablation)." if any("v0.1" in c for c in cal)
+              "[its section](#post-training-calibration-ablation)." if any("v0.1" in c for c in cal)
               else "")]
     lines += sj_readme_lines(out.get("sj"))
     body = "\n".join(lines + ["", "Targets met: " + ("; ".join(met) if met else "none") + ".", "",
                               "Targets missed: " + ("; ".join(misses) if misses else "none") + ".", "",
-                              f"Machine: {out['machine']}. Full tables, plots, the SpikingJelly comparison and "
-                              "speed ratios: [docs/results.md](docs/results.md)."])
-    text = re.sub(r"(<!-- results:start -->\n).*?(\n<!-- results:end -->)", lambda mm: mm.group(1) + body + mm.group(2),
-                  text, flags=re.S)
-    readme.write_text(text)
+                              f"Machine: {out['machine']}."])
+    _common.replace_section(DOCS / "results.md", "summary", body, heading="## Summary and targets (CIFAR-10)")
+    readme_headline.write()  # the README's one table, from the JSON just written
 
 
 if __name__ == "__main__":
