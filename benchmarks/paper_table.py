@@ -184,10 +184,13 @@ def main():
                          "not depend on our calibration; same checkpoint and rate subset required): our rows are then "
                          "measured in a fraction of the time")
     ap.add_argument("--render", "--readme-only", dest="readme_only", action="store_true",
-                    help="only rewrite the summary section and the README's headline from docs/results.json")
+                    help="only redraw the plots and rewrite the summary section and the README's headline from docs/results.json")
     args = ap.parse_args()
     if args.readme_only:
-        update_summary(json.loads((DOCS / "results.json").read_text()))
+        stored = json.loads((DOCS / "results.json").read_text())
+        for m, r in stored["sweeps"].items():  # the plots are drawn from the same JSON
+            plot_sweep(r, DOCS / f"acc_vs_T_{m}.png")
+        update_summary(stored)
         return
     models = args.models or [m for m, ds in available().items() if "cifar10" in ds]
     # a model named in --reuse keeps its stored sweep even when --models leaves it out (the document

@@ -52,3 +52,46 @@ def test_show_command_draws_a_shipped_model(tmp_path):
     assert "test image 3" in r.stdout and out.stat().st_size > 50_000
     bad = run("show", "--out", str(tmp_path / "p.txt"))
     assert bad.returncode == 2 and "--out" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_close_up_shows_the_first_layers_codes_most_significant_first(tmp_path):
+    model, shape = make("resnet_block", seed=2)
+    g = torch.Generator().manual_seed(3)
+    T = 6
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=T)
+    x = torch.randn((1,) + shape, generator=g, dtype=torch.float64)
+    fig = pipeline(snn, x, tmp_path / "p.png", neurons=6)
+    first = min(snn.layers, key=lambda la: la.depth).name
+    c = fig.close_up
+    assert c["layer"] == first and c["neurons"] == fig.spike_data[first]["neurons"]
+    train = snn.simulate(x, record=True).spike_trains[first][:, 0].flatten(1)
+    assert c["cells"] == train[:, c["neurons"]].T.double().tolist()  # the cells are the recorded spikes
+    place = [2.0 ** -(t + 1) for t in range(T)]
+    assert c["values"] == [sum(p * s for p, s in zip(place, row)) for row in c["cells"]]
+    assert c["values"] == sorted(c["values"], reverse=True)  # larger codes on top
+
+
+def test_sweep_plot_keeps_every_point_and_line_inside_its_axes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from spikeconverter import evaluate
+
+    rows = [dict(method="spikeconverter", timesteps=t, latency_steps=20 * t, accuracy=a) for t, a in ((2, 60.0), (8, 88))]
+    r = {"model": "m", "dataset": "d", "ann_accuracy": 88.0, "ann_accuracy_rate_images": 93.5, "test_images": 100,
+         "rate_images": 50, "rows": rows + [dict(method="rate", timesteps=64, latency_steps=64, accuracy=91.0)]}
+    drawn = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        drawn["fig"] = fig
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig, saved = keep, plt.Figure.savefig
+    try:
+        evaluate.plot_sweep(r, tmp_path / "s.png")
+    finally:
+        plt.Figure.savefig = saved
+    for ax in drawn["fig"].axes:
+        lo, hi = ax.get_ylim()
+        assert lo <= 60.0 and hi >= 93.5 and ax.get_legend() is None  # the legend sits below, not on the points
+    assert drawn["fig"].legends

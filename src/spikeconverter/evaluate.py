@@ -547,11 +547,16 @@ def plot_sweep(r: dict, path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
-        lo = min(row["accuracy"] for row in r["rows"])
-        ax.set_ylim(max(0, min(lo, r["ann_accuracy"]) - 3), min(100, r["ann_accuracy"] + 2))
-    axes[0].legend(fontsize=8, loc="lower right")
+        # every point and every reference line inside the axes
+        refs = [r["ann_accuracy"], r["ann_accuracy_rate_images"]]
+        lo, hi = min(row["accuracy"] for row in r["rows"]), max(row["accuracy"] for row in r["rows"])
+        ax.set_ylim(max(0, min([lo] + refs) - 3), min(100.5, max([hi] + refs) + 1.5))
+    # below the axes, not on them: a legend inside covered points
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)), frameon=False)
     fig.suptitle(f"{r['model']} / {r['dataset']}: accuracy vs time steps")
-    fig.tight_layout()
+    rows_of_legend = math.ceil(len(labels) / min(4, len(labels)))
+    fig.tight_layout(rect=(0, 0.03 + 0.04 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

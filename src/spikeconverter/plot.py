@@ -32,6 +32,35 @@ def _sample_rows(train: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return pick[torch.argsort(words, descending=True, stable=True)]
 
 
+WINDOW_ALPHA = 0.25  # accumulate (blue) and generate (orange) windows: visible, dots still readable
+
+
+def _count_label(v, _pos=None) -> str:
+    return f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
+
+
+def _close_up(ax, name: str, train: torch.Tensor, neurons: list, T: int, beta: float) -> dict:
+    """The first layer's sampled neurons, one row each, over its generate window, drawn large in
+    the empty upper right of the time axis: each row is one neuron's code, most significant spike
+    first (a spike at step t weighs beta^-t), rows in the order of the value they code."""
+    inset = ax.inset_axes([0.57, 0.6, 0.29, 0.33])
+    sub = train[:, neurons].T.double()  # [rows, T]
+    inset.imshow(sub.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    inset.set_xticks(range(T))
+    inset.set_xticklabels([f"{beta:g}^-{t + 1}" if beta != 2 else f"1/{2 ** (t + 1)}" for t in range(T)], fontsize=6)
+    place = float(beta) ** -torch.arange(1, T + 1, dtype=torch.float64)
+    values = (sub * place).sum(1)
+    inset.set_yticks(range(len(neurons)))
+    inset.set_yticklabels([f"{v:.3f}" for v in values.tolist()], fontsize=6)
+    inset.set_xticks([t - 0.5 for t in range(1, T)], minor=True)
+    inset.set_yticks([r - 0.5 for r in range(1, len(neurons))], minor=True)
+    inset.grid(True, which="minor", color="0.75", lw=0.5)
+    inset.tick_params(which="minor", length=0)
+    inset.set_title(f"close-up of {name}'s generate window: one row per neuron, most significant spike first\n"
+                    "(below: what a spike at that step weighs; left: the value the row codes, x theta)", fontsize=7)
+    return {"layer": name, "neurons": list(neurons), "cells": sub.numpy().tolist(), "values": values.tolist()}
+
+
 def _theta_summary(theta) -> tuple[float, float, float]:
     if torch.is_tensor(theta) and theta.dim() > 0:
         t = theta.detach().double().flatten()
@@ -75,13 +104,13 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
             gen0 = la.depth * T
             acc = (la.depth - 1) * T if la.depth > 0 else None
             if acc is not None:
-                ax.add_patch(plt.Rectangle((acc, y0 - 0.5), T, k, color="tab:blue", alpha=0.08, lw=0))
-            ax.add_patch(plt.Rectangle((gen0, y0 - 0.5), T, k, color="tab:orange", alpha=0.15, lw=0))
+                ax.add_patch(plt.Rectangle((acc, y0 - 0.5), T, k, color="tab:blue", alpha=WINDOW_ALPHA, lw=0))
+            ax.add_patch(plt.Rectangle((gen0, y0 - 0.5), T, k, color="tab:orange", alpha=WINDOW_ALPHA, lw=0))
         sub = train[:, rows]
         t_idx, r_idx = (sub != 0).nonzero(as_tuple=True)
         times = gen0 + t_idx.double() + 0.5
         ys = y0 + (k - 1 - r_idx.double())
-        ax.scatter(times.numpy(), ys.numpy(), s=6 if rate else 10, marker="|" if rate else "s", c="k", lw=0.8)
+        ax.scatter(times.numpy(), ys.numpy(), s=6 if rate else 5, marker="|" if rate else "s", c="k", lw=0.8 if rate else 0)
         total = float(res.spike_counts[la.name].sum())
         data[la.name] = dict(total=total, neurons=rows.tolist(), times=(gen0 + t_idx).tolist(),
                              rows=r_idx.tolist(), depth=la.depth, generate_start=gen0)
@@ -92,12 +121,13 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
         axt.errorbar(mean, y0 + (k - 1) / 2, xerr=[[mean - lo], [hi - mean]], fmt="o", ms=3, color="tab:purple",
                      capsize=2, lw=0.8)
     if not rate:
-        ax.add_patch(plt.Rectangle((L * T, -0.5), T, k, color="tab:blue", alpha=0.08, lw=0))
+        ax.add_patch(plt.Rectangle((L * T, -0.5), T, k, color="tab:blue", alpha=WINDOW_ALPHA, lw=0))
         ax.text(L * T + T / 2, (k - 1) / 2, "logits", ha="center", va="center", fontsize=7, color="tab:blue")
         yticks.append((k - 1) / 2)
         ylabels.append("output (accumulates)")
         ax.axvline(total_steps, color="tab:red", lw=1.2)
-        ax.text(total_steps, n_bands * band * 0.98, f" latency\n (L+1)T\n = {total_steps}", color="tab:red", va="top",
+        # at the bottom, beside the output's window: the top right holds the close-up
+        ax.text(total_steps, band * 1.5, f" latency\n (L+1)T\n = {total_steps}", color="tab:red", va="bottom",
                 fontsize=8)
         for w in range(L + 2):
             ax.axvline(w * T, color="k", lw=0.3, alpha=0.3)
@@ -106,15 +136,15 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
     ax.set_yticks(yticks)
     ax.set_yticklabels(ylabels, fontsize=7 if n_bands <= 25 else 5.5)
     ax.set_xlabel("time step")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     axb.set_xlabel("spikes (this input)")
-    axb.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
+    axb.xaxis.set_major_locator(MaxNLocator(3))
+    axb.xaxis.set_major_formatter(FuncFormatter(_count_label))
     axt.set_xlabel("threshold theta\n(per channel: mean, range)" if any(
         torch.is_tensor(la.theta) and la.theta.dim() > 0 for la in layers) else "threshold theta")
-    axt.set_xscale("log")
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    axt.xaxis.set_major_locator(LogLocator(numticks=4))
-    axt.xaxis.set_minor_formatter(NullFormatter())
+    axt.set_xlim(left=0)  # linear: thresholds span one or two decades, and every tick gets a label
+    axt.xaxis.set_major_locator(MaxNLocator(4))
     for a in (axb, axt):
         a.grid(True, axis="x", alpha=0.3)
     if title is None:
@@ -124,6 +154,9 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
                  "(a random sample of those that spiked, sorted by the value they code)")
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.12, right=0.98, top=1 - 0.75 / height, bottom=0.85 / height)
+    if not rate and layers:
+        fig.close_up = _close_up(ax, layers[0].name, res.spike_trains[layers[0].name][:, 0].flatten(1),
+                                 data[layers[0].name]["neurons"], T, snn.layers[0].beta)
     fig.spike_data = data
     fig.spike_counts = {k_: float(v.sum()) for k_, v in res.spike_counts.items()}
     if path is not None:
