@@ -8,6 +8,7 @@ switch every activation to its quantizer twin -> wrap with the simulators.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
     for i, x in enumerate(it):
         check_batch(x)
         if input_shape is None:
-            _check_batch_axis(plan, x)
+            _check_batch_axis(plan.gm, x)
             input_shape = tuple(x.shape[1:])
             try:
                 # a graph check that needs shapes: before the work
@@ -330,15 +331,51 @@ def _checked_batches(plan: GraphPlan, calibration, dtype, progress: bool):
 MIN_CALIBRATION_IMAGES = 32
 
 
-def _check_batch_axis(plan: GraphPlan, x: torch.Tensor) -> None:
+def _check_batch_axis(model: nn.Module, x: torch.Tensor | None) -> None:
     """One image without its batch axis (a common slip) would otherwise fail deep inside the model
     with a shape error; the first convolution says how many axes a batch has."""
-    first = next((plan.gm.get_submodule(n.target) for n in plan.gm.graph.nodes if n.op == "call_module"
-                  and isinstance(plan.gm.get_submodule(n.target), nn.modules.conv._ConvNd)), None)
-    if first is not None and x.dim() == len(first.kernel_size) + 1:
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if x is not None and first is not None and x.dim() == len(first.kernel_size) + 1:
         raise ValueError(f"calibration input of shape {tuple(x.shape)} has no batch axis (the model's first "
                          f"convolution takes {x.dim() + 1}-D batches): pass x.unsqueeze(0) for one image, or better "
                          "a batch of a few hundred")
+
+
+class _Peek:
+    """The first calibration batch, read only if tracing needs it (``example``); ``calibration``
+    is then what to read the batches from (a one-shot iterator gets its first batch back)."""
+
+    def __init__(self, model, calibration):
+        self.model, self.calibration = model, calibration
+
+    def example(self):
+        first, self.calibration = _first_batch(self.calibration)
+        _check_batch_axis(self.model, first)
+        return first
+
+
+def _first_batch(calibration):
+    """(the first calibration batch or None, the calibration data to use afterwards): a one-shot
+    iterator (a generator) gets its first batch put back in front."""
+    if calibration is None:
+        return None, None
+    if torch.is_tensor(calibration):
+        first = calibration
+    else:
+        try:
+            it = iter(calibration)
+        except TypeError:
+            return None, calibration  # refused with its reason when the batches are read
+        try:
+            item = next(it)
+        except StopIteration:
+            return None, calibration
+        first = item[0] if isinstance(item, (tuple, list)) else item
+        if it is calibration:  # one-shot: what was taken is put back
+            calibration = itertools.chain([item], it)
+    if not torch.is_tensor(first) or first.dim() == 0 or first.numel() == 0:
+        return None, calibration  # refused with its reason when the batches are read
+    return first, calibration
 
 
 def _rejected(x: torch.Tensor, e: Exception) -> ValueError:
@@ -625,7 +662,11 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
     staged = per_channel or sequential or bias_correction
     if threshold is None:
         threshold = "mse" if method == "spikeconverter" else "percentile:99.99"
-    plan = prepare(model, input_coding)  # unsupported ops fail here, before any numerical work
+    peek = _Peek(model, calibration)
+    # unsupported ops fail here, before any numerical work (a model that asserts or branches on
+    # shapes is traced on the first calibration batch, specialised to its shape)
+    plan = prepare(model, input_coding, peek.example)
+    calibration = peek.calibration
     gm = plan.gm
     mods = {a: gm.get_submodule(a.target) for a in plan.spikers}
     if staged:

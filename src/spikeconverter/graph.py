@@ -2,7 +2,8 @@
 
 Steps (each a function, in this order, all before any numerical work):
 
-1. ``trace``: torch.fx symbolic tracing; data-dependent control flow fails here with a clear error.
+1. ``trace`` (tracing.py): torch.fx tracing specialised to the calibration input's shape (shape
+   asserts and branches decided once); control flow on values fails here, naming the line.
 2. ``functionalize``: in-place ops keep eager semantics: a later read of a tensor an op wrote into
    reads the written value; where a *view* of that memory is read later, the model is refused.
 3. ``validate``: every node must be an op the table in ops.py knows and accepts; anything else
@@ -36,11 +37,10 @@ import torch.fx as fx
 from torch import nn
 
 from . import ops
+from .constants import fold_constants, functional_weights_to_modules
+from .errors import UnsupportedOperationError
 from .neuron import quantize_compiled, quantize_digits, quantize_fast, quantize_ste
-
-
-class UnsupportedOperationError(ValueError):
-    """The model holds an operation that has no exact spiking form."""
+from .tracing import NeedsExample, shape_only, trace
 
 
 class SpikeActivation(nn.Module):
@@ -189,43 +189,6 @@ class SpikeActivation(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class _InplaceProxy(fx.Proxy):
-    """fx's Proxy has no ``__iadd__``, so ``z += 1`` is traced as ``z = z + 1`` and a second name for
-    the same tensor (``y = z`` before it) silently keeps the old value. Recording the in-place
-    operator lets ``functionalize`` apply eager semantics."""
-
-    def __iadd__(self, other):
-        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
-
-    def __isub__(self, other):
-        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
-
-    def __imul__(self, other):
-        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
-
-    def __itruediv__(self, other):
-        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
-
-
-class _Tracer(fx.Tracer):
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _InplaceProxy(node, self)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    model = copy.deepcopy(model).eval()
-    try:
-        tracer = _Tracer()
-        graph = tracer.trace(model)
-        return fx.GraphModule(tracer.root, graph, type(model).__name__)
-    except Exception as e:  # fx raises TraceError, TypeError, ... for control flow on tensors
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnsupportedOperationError(
-            f"the model cannot be traced by torch.fx ({type(e).__name__}: {msg}); the usual cause is data-dependent "
-            f"control flow (if/for on tensor values), which has no static spiking graph; {ops.supported_summary()}"
-        ) from None
-
-
 def _unsupported(gm, node, reason: str) -> UnsupportedOperationError:
     return UnsupportedOperationError(f"{ops.describe(gm, node)} is not supported: {reason}")
 
@@ -322,22 +285,35 @@ def validate(gm: fx.GraphModule) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedOperationError(f"the model must take exactly one tensor input, it takes {len(placeholders)}")
+    refused = []
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output") or node.meta.get("shape_value"):
             continue
-        if node.op == "get_attr":
-            raise _unsupported(gm, node, "constant tensors inside forward() are not supported (register them as "
-                                         "weights of a conv/linear, or fold them into one)")
-        kind = ops.kind_of(gm, node)
-        if kind is None:
-            raise _unsupported(gm, node, "not a linear op, a rearrangement or a ReLU, so it has no exact spiking "
-                                         f"form; {ops.supported_summary()}")
-        if kind.role == ops.REFUSED:
-            raise _unsupported(gm, node, kind.reason)
-        if kind.check is not None:
-            reason = kind.check(gm, node)
-            if reason:
-                raise _unsupported(gm, node, reason)
+        reason = _refusal(gm, node)
+        if reason is None:
+            continue
+        if shape_only(node):  # an assert or comparison on shapes: decided once shapes are known
+            raise NeedsExample(f"'{node.name}' compares shapes")
+        refused.append((node, reason))
+    if refused:
+        node, reason = refused[0]  # the first in execution order, and how many there are
+        more = "" if len(refused) == 1 else (f" (the first of {len(refused)} unsupported ops; the others: "
+                                             + ", ".join(n.name for n, _ in refused[1:4])
+                                             + (", ..." if len(refused) > 4 else "") + ")")
+        raise UnsupportedOperationError(f"{ops.describe(gm, node)} is not supported: {reason}{more}")
+
+
+def _refusal(gm, node) -> str | None:
+    """Why ``node`` has no exact spiking form, or None."""
+    if node.op == "get_attr":
+        return ("constant tensors inside forward() are not supported (register them as weights of a conv/linear, "
+                "or fold them into one)")
+    kind = ops.kind_of(gm, node)
+    if kind is None:
+        return f"not a linear op, a rearrangement or a ReLU, so it has no exact spiking form; {ops.supported_summary()}"
+    if kind.role == ops.REFUSED:
+        return kind.reason
+    return kind.check(gm, node) if kind.check is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,12 +684,30 @@ def insert_input_coder(gm: fx.GraphModule) -> fx.Node:
     return coder
 
 
-def prepare(model: nn.Module, input_coding: str = "analog") -> GraphPlan:
-    """trace -> functionalize -> validate -> normalize -> fold_batchnorm -> (input coder) -> analyze."""
-    gm = trace(model)
+def _traced(model, example):
+    gm = trace(model, example)
+    fold_constants(gm)
+    functional_weights_to_modules(gm)
     mark_shapes(gm)
     functionalize(gm)
     validate(gm)
+    return gm
+
+
+def prepare(model: nn.Module, input_coding: str = "analog", example=None) -> GraphPlan:
+    """trace -> functionalize -> validate -> normalize -> fold_batchnorm -> (input coder) -> analyze.
+    ``example``: a batch shaped like the inputs to convert, or a function that returns one (the
+    calibration data's first batch; read only if needed): a model that asserts or branches on shapes
+    is traced specialised to its shape (tracing.py); any other is traced as written, before any
+    data is read."""
+    try:  # as written; a model that checks or branches on shapes is traced again on an example
+        gm = _traced(model, None)
+    except NeedsExample:
+        x = example() if callable(example) else example
+        if x is None:
+            raise UnsupportedOperationError("the model checks or branches on input shapes; pass calibration data "
+                                            "so that it can be traced for their shape") from None
+        gm = _traced(model, x)
     gm = fold_batchnorm(normalize(gm))
     if input_coding == "spike":
         insert_input_coder(gm)
