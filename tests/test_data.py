@@ -2,12 +2,10 @@
 
 import gzip
 import hashlib
-import http.server
 import os
 import pickle
 import struct
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -218,25 +216,6 @@ def test_unknown_dataset_and_split():
         load_dataset("mnist3d")
     with pytest.raises(DatasetError, match="unknown split"):
         load_dataset("cifar10", "dev")
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield served, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
 
 
 def test_download_from_local_server(tmp_path, http_server):

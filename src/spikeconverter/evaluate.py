@@ -19,7 +19,7 @@ from .data import load_dataset
 from .data.datasets import ArrayDataset
 from .device import resolve as resolve_device
 from .metrics import ENERGY_CONVENTION, CostModel, Report, counting_bytes_per_image, neuron_spike_counts, report
-from .models import create, shipped_checkpoint
+from .models import create, pretrained_checkpoint
 
 CALIBRATION_KEYS = ("per_channel", "sequential", "bias_correction")
 # Spike counting holds every spiking layer's state for a whole batch at once
@@ -35,15 +35,13 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None):
     from .checkpoint import load_weights
 
     model = create(name, dataset=dataset)
-    path = Path(checkpoint) if checkpoint else shipped_checkpoint(name, dataset)
+    path = Path(checkpoint) if checkpoint else pretrained_checkpoint(name, dataset)
     if path is not None and path.suffix == ".snn":
         from .serialize import is_network_file
 
         if is_network_file(path):
             raise ValueError(f"{path.name} is a converted network, not float weights: measure it with "
                              f"evaluate --snn {path.name} (or spikeconverter.load in Python)")
-    if path is None:
-        create(name, dataset=dataset, pretrained=True)  # raises the error listing what is shipped
     meta = load_weights(model, path)
     keys = ("arch", "dataset", "test_acc", "epochs", "image_size")
     return model.eval(), {"checkpoint": _file_ref(path), **{k: meta.get(k) for k in keys}}

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import urllib.request
 from pathlib import Path
 
+from ..fetch import download, file_digest
 from .datasets import DatasetError
 
 OFFICIAL = {
@@ -16,11 +14,7 @@ OFFICIAL = {
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download_cifar(name: str, root: Path, url: str | None = None, md5: str | None = None,
@@ -31,32 +25,15 @@ def download_cifar(name: str, root: Path, url: str | None = None, md5: str | Non
         raise DatasetError(f"download is available for {', '.join(OFFICIAL)}, not {name!r}")
     off_url, off_md5 = OFFICIAL[name]
     url, md5 = url or off_url, md5 or off_md5
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    dest = root / url.rsplit("/", 1)[-1]
+    dest = Path(root) / url.rsplit("/", 1)[-1]
     if dest.exists() and _md5(dest) == md5:
         return dest
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0)
-            bar = None
-            if progress:
-                from tqdm import tqdm
 
-                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"download {name}")
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
+    def check(path: Path) -> str | None:
+        got = _md5(path)
+        return None if got == md5 else f"has md5 {got}, expected {md5}"
+
+    try:
+        return download(url, dest, check, desc=f"download {name}", progress=progress, timeout=timeout)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"download of {url} failed: {e}") from None
-    got = _md5(tmp)
-    if got != md5:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"download of {url} has md5 {got}, expected {md5}; file discarded")
-    os.replace(tmp, dest)
-    return dest
+        raise DatasetError(str(e)) from None
