@@ -15,8 +15,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 import spikeconverter as sc  # noqa: E402
 
 from families import FAMILIES, build  # noqa: E402
+from test_leaky import CSPNet, PReLUNet  # noqa: E402
+from test_leaky import build as build_leaky  # noqa: E402
 from test_library_patterns import PATTERNS  # noqa: E402
 from test_library_patterns import build as build_pattern  # noqa: E402
+
+LEAKY = {"csp_leaky_relu": (CSPNet, (3, 12, 12)), "prelu_and_leaky": (PReLUNet, (3, 8, 8))}
+
+
+def _build_leaky(name):
+    cls, shape = LEAKY[name]
+    return build_leaky(cls), shape
 
 T = 8
 
@@ -72,6 +81,14 @@ def main() -> int:
               "| max abs logit gap: simulation vs twin / folded ANN vs eager model |",
               "|---|---|---|---|---|---|"]
     lines += [row(name, build_pattern) for name in PATTERNS]
+    lines += ["", "## Leaky ReLU backbones", "",
+              "LeakyReLU(0.1) in a CSP block (split the channels, residual Conv-BN-LeakyReLU on one half, concat, "
+              "fuse), and PReLU (per channel and single) with a functional leaky_relu after a residual sum "
+              "(tests/test_leaky.py): two spiking populations per layer.", "",
+              "| network | result | spiking layers | spiking depth L | latency at T = 8 (steps) "
+              "| max abs logit gap: simulation vs twin / folded ANN vs eager model |",
+              "|---|---|---|---|---|---|"]
+    lines += [row(name, _build_leaky) for name in LEAKY]
     (ROOT / "docs" / "model_families.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

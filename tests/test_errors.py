@@ -43,7 +43,8 @@ CASES = {
     "control_flow": (lambda s, x: s.fc(F.relu(s.conv(x)).flatten(1)) if x.sum() > 0 else x, "", "traced"),
     "hardtanh_not_relu6": (lambda s, x: s.fc(F.hardtanh(s.conv(x), -1.0, 1.0).flatten(1)), "F.hardtanh",
                            "clipped ReLU"),
-    "leaky": (lambda s, x: s.fc(F.leaky_relu(s.conv(x), 0.1).flatten(1)), "F.leaky_relu", "replace it with ReLU"),
+    # leaky ReLU converts (two populations, tests/test_leaky.py); its randomised form does not
+    "rrelu": (lambda s, x: s.fc(F.rrelu(s.conv(x)).flatten(1)), "rrelu", "nn.LeakyReLU((lower + upper) / 2)"),
     "layer_norm": (lambda s, x: s.fc(F.relu(F.layer_norm(s.conv(x), (4, 8, 8))).flatten(1)), "layer_norm",
                    "BatchNorm"),
     "tanh_method": (lambda s, x: s.fc(s.conv(x).tanh().flatten(1)), "tanh", "tanh"),

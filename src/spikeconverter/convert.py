@@ -341,6 +341,18 @@ def _check_batch_axis(model: nn.Module, x: torch.Tensor | None) -> None:
                          "a batch of a few hundred")
 
 
+def _check_leaky(plan: GraphPlan, method: str, fixed_point: bool) -> None:
+    """Leaky ReLU layers (two spike populations) run in the two-phase engines and the fast path;
+    the rate baseline and fixed point do not model them yet."""
+    leaky = [plan.layer_name(a) for a in plan.spikers if plan.gm.get_submodule(a.target).leaky]
+    if leaky and method == "rate":
+        raise ValueError(f"the rate baseline has no two-population neuron for leaky ReLU layers ({leaky[0]}, ...); "
+                         "use method='spikeconverter'")
+    if leaky and fixed_point:
+        raise ValueError(f"fixed_point does not yet handle leaky ReLU layers ({leaky[0]}, ...): their OFF population "
+                         "scales by the slope, which its grid does not model; convert without fixed_point")
+
+
 class _Peek:
     """The first calibration batch, read only if tracing needs it (``example``); ``calibration``
     is then what to read the batches from (a one-shot iterator gets its first batch back)."""
@@ -612,7 +624,7 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
         for a in stage:
             m, obs = mods[a], mods[a].observer
             shift = None
-            if bias_correction and not m.signed:
+            if bias_correction and not m.signed and not m.leaky:  # two populations observe |leaky(z)|, not z
                 aim = obs.target_mean if sequential else float_obs[a].mean
                 shift = (aim - obs.mean).float()
             theta, err = choose(a, obs, betas[a], shift) if sequential else choose(a, float_obs[a], betas[a])
@@ -667,6 +679,7 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
     # shapes is traced on the first calibration batch, specialised to its shape)
     plan = prepare(model, input_coding, peek.example)
     calibration = peek.calibration
+    _check_leaky(plan, method, fixed_point)
     gm = plan.gm
     mods = {a: gm.get_submodule(a.target) for a in plan.spikers}
     if staged:

@@ -187,6 +187,7 @@ class TwoPhaseSimulator:
         pools = {p: SpikingMaxPool(gm, plan.pools[p]) for p in self.train_pools}
         v_acc: dict = {}
         v_gen: dict = {}
+        v_off: dict = {}  # leaky layers: the OFF population's potential
         trains: dict = defaultdict(dict)  # train source -> window -> spikes [T, B, ...]
         counts = {a: torch.zeros(B * N, dtype=dtype, device=x.device) for a in self.act}
         recorded: dict = {}
@@ -216,6 +217,9 @@ class TwoPhaseSimulator:
                         a = self.act[n]
                         v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
                         cur[n] = s.to(dtype)
+                        if a.leaky:  # the OFF population fires beside it; the train is ON - OFF (never both)
+                            v_off[n], s_off = generate_step(v_off[n], a.theta, a.beta)
+                            cur[n] = cur[n] - s_off.to(dtype)
                     else:
                         ins = {src: self._spikes(n, src, g, t, cur, trains) for src in plan.pools[n].sources}
                         cur[n] = pools[n].step({src: (zeros[src] if s is None else s) for src, s in ins.items()})
@@ -245,6 +249,8 @@ class TwoPhaseSimulator:
                         logits[g - plan.accumulate_window[s]] = v_acc[s]
                     else:
                         v_gen[s] = v_acc[s]
+                        if self.act[s].leaky:
+                            v_off[s] = self._off_potential(self.act[s], v_acc[s], T)
             for src in list(trains):
                 for w in [w for w in trains[src] if w < g - max_delay]:
                     del trains[src][w]
@@ -276,6 +282,13 @@ class TwoPhaseSimulator:
                 a = self.act[s]
                 init = initial_potential(a.potential(init), a.theta, a.beta, T, a.phi)
             v_acc[s] = init * self.acc_beta[s] ** (-T)  # a fresh tensor, shaped as one slot's batch
+
+    @staticmethod
+    def _off_potential(a, v, T):
+        """The OFF population's starting potential: -slope * z, plus the same offset phi*theta*beta^-T
+        (v, the accumulated potential, is z plus that offset)."""
+        offset = initial_potential(torch.zeros_like(v), a.theta, a.beta, T, a.phi)
+        return a.off_input(v - offset) + offset
 
     def _spikes(self, consumer, src, g, t, cur, trains):
         """Source ``src``'s spikes at step t of window g as ``consumer`` receives them (delayed by

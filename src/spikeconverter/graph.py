@@ -58,10 +58,15 @@ class SpikeActivation(nn.Module):
     simulator puts it into the initial potential with the bias.
     """
 
-    def __init__(self, cap: float | None = None, signed: bool = False):
+    def __init__(self, cap: float | None = None, signed: bool = False, negative_slope=None):
         super().__init__()
         self.cap = cap
         self.signed = signed
+        # leaky ReLU / PReLU (a float, or a tensor per channel): two populations, ON codes z > 0 and
+        # OFF codes -slope*z, with the layer's threshold; the layer's value is ON - OFF
+        self._slope: float | None = None
+        self.register_buffer("slope_map", None)
+        self.negative_slope = negative_slope
         self.mode = "ann"
         self._theta: float | None = None
         self.register_buffer("theta_map", None)
@@ -90,6 +95,36 @@ class SpikeActivation(nn.Module):
     def per_channel(self) -> bool:
         return self.theta_map is not None
 
+    @property
+    def negative_slope(self):
+        return self._slope if self.slope_map is None else self.slope_map
+
+    @negative_slope.setter
+    def negative_slope(self, value) -> None:
+        if torch.is_tensor(value) and value.numel() > 1:
+            self.slope_map, self._slope = value.detach().clone(), None
+        else:
+            self.slope_map, self._slope = None, (None if value is None else float(value))
+
+    @property
+    def leaky(self) -> bool:
+        """Two spiking populations (leaky ReLU / PReLU): ON for z > 0, OFF for -slope * z."""
+        return self.negative_slope is not None
+
+    def _slope_for(self, z: torch.Tensor):
+        """The slope shaped to broadcast over z (per channel: dim 1)."""
+        if self.slope_map is None:
+            return self._slope
+        return self.slope_map.reshape([-1] + [1] * (z.dim() - 2)).to(z.dtype)
+
+    def off_input(self, z: torch.Tensor) -> torch.Tensor:
+        """What the OFF population codes: -slope * z (its incoming weights are -slope times the ON's)."""
+        return -self._slope_for(z) * z
+
+    def observed(self, z: torch.Tensor) -> torch.Tensor:
+        """What calibration sees: z, or for two populations the magnitude |leaky(z)| both codes share."""
+        return torch.where(z > 0, z, self.off_input(z)) if self.leaky else z
+
     def extra_repr(self) -> str:
         s = f"mode={self.mode}, cap={self.cap}"
         if self.per_channel:
@@ -101,6 +136,8 @@ class SpikeActivation(nn.Module):
             s += f", beta={self.beta}, T={self.timesteps}, phi={self.phi}"
         if self.shift is not None:
             s += ", bias-corrected"
+        if self.leaky:
+            s += f", negative_slope={'per channel' if self.slope_map is not None else self._slope}"
         return s + (", signed" if self.signed else "")
 
     # -- state_dict: complete, so a converted network's state_dict round-trips its thresholds ----
@@ -108,17 +145,19 @@ class SpikeActivation(nn.Module):
         # the neuron's scalars (a per-layer theta is a float, not a tensor); theta_map and shift
         # are buffers and travel as tensors
         return {"theta": self._theta, "beta": self.beta, "timesteps": self.timesteps, "phi": self.phi,
-                "mode": self.mode}
+                "mode": self.mode, "negative_slope": self._slope}
 
     def set_extra_state(self, state: dict) -> None:
         self.beta, self.timesteps, self.phi, self.mode = state["beta"], state["timesteps"], state["phi"], state["mode"]
         if state["theta"] is not None:
             self.theta = state["theta"]
+        if state.get("negative_slope") is not None:
+            self._slope = state["negative_slope"]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # theta_map / shift are registered as None until set: where the state_dict holds them they
         # get the saved shape first (the loader then copies the values in), where not they are cleared
-        for name in ("theta_map", "shift"):
+        for name in ("theta_map", "shift", "slope_map"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
             elif name in self._buffers:
@@ -128,6 +167,8 @@ class SpikeActivation(nn.Module):
     def ann(self, z: torch.Tensor) -> torch.Tensor:
         if self.signed:
             return z
+        if self.leaky:  # as F.leaky_relu / F.prelu compute it
+            return torch.where(z > 0, z, z * self._slope_for(z))
         return torch.relu(z) if self.cap is None else torch.clamp(z, 0.0, self.cap)
 
     def potential(self, z: torch.Tensor) -> torch.Tensor:
@@ -140,14 +181,25 @@ class SpikeActivation(nn.Module):
         z = self.potential(z)
         if self.signed:  # two polarities: ON spikes code z+, OFF spikes code z-
             return f(z, *args) - f(-z, *args)
+        if self.leaky:  # ON codes z+, OFF codes -slope*z (both with the layer's threshold)
+            return f(z, *args) - f(self.off_input(z), *args)
         return f(z, *args)
 
     def digits(self, z: torch.Tensor) -> torch.Tensor:
         """The twin's trains [T, *z.shape] for pre-activation z (signed for the input coder)."""
+        on, off = self.digit_pair(z)
+        return on if off is None else on - off
+
+    def digit_pair(self, z: torch.Tensor):
+        """(ON digits, OFF digits or None) [T, *z.shape]: the twin's trains of each population."""
         args = (self.theta, self.beta, self.timesteps, self.phi)
         z = self.potential(z)
-        d = quantize_digits(z, *args)
-        return d - quantize_digits(-z, *args) if self.signed else d
+        on = quantize_digits(z, *args)
+        if self.signed:
+            return on, quantize_digits(-z, *args)
+        if self.leaky:
+            return on, quantize_digits(self.off_input(z), *args)
+        return on, None
 
     # -- fine-tuning ---------------------------------------------------------------------------
     def make_trainable(self, device=None) -> None:
@@ -172,7 +224,11 @@ class SpikeActivation(nn.Module):
         if self.train_shift is not None:
             z = z + self.train_shift
         args = (theta, self.beta, self.timesteps, self.phi)
-        return quantize_ste(z, *args) - quantize_ste(-z, *args) if self.signed else quantize_ste(z, *args)
+        if self.signed:
+            return quantize_ste(z, *args) - quantize_ste(-z, *args)
+        if self.leaky:
+            return quantize_ste(z, *args) - quantize_ste(self.off_input(z), *args)
+        return quantize_ste(z, *args)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
@@ -180,7 +236,7 @@ class SpikeActivation(nn.Module):
         if self.mode == "train":
             return self._train_q(z)
         if self.mode == "observe" and self.observer is not None:
-            self.observer.update(z)
+            self.observer.update(self.observed(z))
         return self.ann(z)
 
 
@@ -361,7 +417,7 @@ def normalize(gm: fx.GraphModule) -> fx.GraphModule:
     names = _layer_names(gm, acts)
     for node in acts:
         cap, _ = ops.activation_cap(gm, node)
-        act = SpikeActivation(cap)
+        act = SpikeActivation(cap, negative_slope=ops.activation_slope(gm, node))
         act.layer_name = names[node]
         name = _add_module(gm, "spike_act_", act)
         with graph.inserting_before(node):
@@ -590,6 +646,12 @@ def _check_pool_region(gm, pool, region, inp, coder) -> None:
     if coder is not None and coder in region.sources:
         raise UnsupportedOperationError(f"{ops.describe(gm, pool)} max-pools the signed input code; use analog input "
                                         "for this model")
+    leaky = [s for s in region.sources if is_activation(gm, s) and gm.get_submodule(s.target).leaky]
+    if leaky:
+        # a max over two-population codes would compare ON - OFF words; not built yet
+        raise UnsupportedOperationError(f"{ops.describe(gm, pool)} max-pools the output of leaky ReLU layer "
+                                        f"'{leaky[0].name}' (two spike populations), which is not supported yet; "
+                                        "use a stride-2 conv or average pooling there")
     analog = [s for s in region.sources if s is inp]
     if analog and len(analog) != len(region.sources):
         raise UnsupportedOperationError(f"{ops.describe(gm, pool)} takes a max over the analog input and spike trains "

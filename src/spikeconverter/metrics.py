@@ -135,7 +135,7 @@ class Report:
 def _counted_by_digits(mod) -> bool:
     """Layers whose spikes are counted from their digit trains (1 < beta < 2, or the signed input
     coder); the others' from their value: the integer word at beta = 2, the burst length at beta = 1."""
-    return mod.signed or not countable_from_value(mod.beta)
+    return mod.signed or mod.leaky or not countable_from_value(mod.beta)
 
 
 def counting_bytes_per_image(snn, cost: CostModel) -> int:
@@ -178,7 +178,7 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
             words[node], n = word_and_count(values[node], m.theta, m.beta, m.timesteps)
             counts[node] = n.to(values[node].dtype)
             continue
-        d = m.digits(zs[node])  # signed for the input coder: ON minus OFF
+        d = m.digits(zs[node])  # two populations (input coder, leaky ReLU): ON minus OFF, never both at once
         place = 2.0 ** torch.arange(m.timesteps - 1, -1, -1, dtype=torch.float64, device=d.device)
         words[node] = torch.tensordot(place, d.clamp(min=0).double(), dims=([0], [0]))
         counts[node] = d.abs().sum(0)

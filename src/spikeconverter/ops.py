@@ -21,6 +21,7 @@ Roles:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -339,13 +340,15 @@ def activation_cap(gm, node) -> tuple[float | None, str | None]:
     activation form with other parameters (e.g. hardtanh(-1, 1))."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        if isinstance(mod, nn.ReLU):
+        if isinstance(mod, (nn.ReLU, nn.LeakyReLU, nn.PReLU)):  # a leaky one's slope: activation_slope
             return None, None
         lo, hi = float(mod.min_val), float(mod.max_val)
     elif node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_, F.relu_):
         return None, None
     elif node.op == "call_function" and node.target is F.relu6:
         return 6.0, None
+    elif node.op == "call_function" and node.target in (F.leaky_relu, F.leaky_relu_, F.prelu):
+        return None, None
     elif node.op == "call_method" and node.target in ("relu", "relu_"):
         return None, None
     elif node.op == "call_function" and node.target in (F.hardtanh, F.hardtanh_):
@@ -368,6 +371,40 @@ def activation_cap(gm, node) -> tuple[float | None, str | None]:
 
 def _activation_check(gm, node):
     return activation_cap(gm, node)[1]
+
+
+def activation_slope(gm, node):
+    """The negative slope of a leaky activation: a float (LeakyReLU), a per-channel tensor (PReLU),
+    or None for ReLU-like nodes."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.LeakyReLU):
+            return float(mod.negative_slope)
+        if isinstance(mod, nn.PReLU):
+            w = mod.weight.detach()
+            return float(w) if w.numel() == 1 else w.clone()
+        return None
+    if node.op == "call_function" and node.target in (F.leaky_relu, F.leaky_relu_):
+        return float(_arg(node.args, node.kwargs, 1, "negative_slope", 0.01))
+    if node.op == "call_function" and node.target is F.prelu:
+        w = _arg(node.args, node.kwargs, 1, "weight")
+        if isinstance(w, fx.Node) and w.op == "get_attr":
+            t = functools.reduce(getattr, w.target.split("."), gm).detach()
+            return float(t) if t.numel() == 1 else t.clone()
+    return None
+
+
+def _leaky_check(gm, node):
+    if node.op == "call_function" and node.target is F.prelu:
+        w = _arg(node.args, node.kwargs, 1, "weight")
+        if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+            return "F.prelu with a weight computed in forward() is not supported (use nn.PReLU)"
+    slope = activation_slope(gm, node)
+    values = slope.flatten().tolist() if torch.is_tensor(slope) else [slope]
+    if any(not (0.0 <= float(v) < 1.0) for v in values):
+        return (f"a negative slope outside [0, 1) ({min(values):g}..{max(values):g}) is not a leaky ReLU; the "
+                "two-population spiking form needs 0 <= slope < 1")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,9 +489,12 @@ TABLE: list[OpKind] = [
            nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.Tanhshrink),
            (torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.mish, F.elu,
             F.selu, F.celu, F.softplus), ("sigmoid", "tanh", "sigmoid_", "tanh_"), reason=_CURVED),
-    OpKind("leaky activation", REFUSED, (nn.LeakyReLU, nn.PReLU, nn.RReLU), (F.leaky_relu, F.leaky_relu_, F.prelu,
-           F.rrelu), (), reason="has no exact spiking form: negative outputs would need a second spike polarity "
-           "with its own threshold; replace it with ReLU and fine-tune, then convert"),
+    OpKind("leaky ReLU", ACTIVATION, (nn.LeakyReLU, nn.PReLU), (F.leaky_relu, F.leaky_relu_, F.prelu), (),
+           "`nn.LeakyReLU`, `F.leaky_relu`, `nn.PReLU` (one or per-channel slopes in [0, 1)): two spiking "
+           "populations, ON for z > 0 and OFF for -slope*z", check=_leaky_check),
+    OpKind("randomised leaky activation", REFUSED, (nn.RReLU,), (F.rrelu,), (),
+           reason="RReLU has no exact spiking form as written (its slope is random in training); replace it with "
+           "nn.LeakyReLU((lower + upper) / 2), what it computes in eval mode, then convert"),
     OpKind("softmax", REFUSED, (nn.Softmax, nn.LogSoftmax), (F.softmax, F.log_softmax, torch.softmax,
            torch.log_softmax), ("softmax", "log_softmax"), reason="normalises over the whole output; return the "
            "logits instead (argmax, the prediction, is the same)"),

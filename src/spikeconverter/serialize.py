@@ -41,7 +41,8 @@ FORMAT = "spikeconverter-snn"
 VERSION = 1
 
 # the SpikeActivation attributes a file records (its theta map and shift are tensors)
-_ACT_ATTRS = ("cap", "signed", "mode", "_theta", "beta", "timesteps", "phi", "layer_name", "compiled")
+_ACT_ATTRS = ("cap", "signed", "mode", "_theta", "beta", "timesteps", "phi", "layer_name", "compiled", "_slope")
+_ACT_DEFAULTS = {"_slope": None}  # attributes added after files of version 1 were first written
 
 
 class SnnFileError(ValueError):
@@ -277,9 +278,11 @@ def _build_module(path: str, cfg: dict, tensors: dict) -> nn.Module:
         attrs = {k: _dec(v, {}) for k, v in cfg["attrs"].items()}
         mod = classes[name](cap=attrs["cap"], signed=attrs["signed"])
         for k in _ACT_ATTRS:
-            setattr(mod, k, attrs[k])
+            setattr(mod, k, attrs[k] if k in attrs else _ACT_DEFAULTS[k])
         if "theta_map" in own:
             mod.theta = own.pop("theta_map")
+        if "slope_map" in own:
+            mod.negative_slope = own.pop("slope_map")
         if "shift" in own:
             mod.shift = own.pop("shift")
         if own:
