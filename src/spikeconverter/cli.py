@@ -66,7 +66,7 @@ def _evaluate(args) -> int:
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
-                 precision=args.precision, **_calibration(args))
+                 precision=args.precision, energy_model=args.energy_model, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: the exact twin; simulate: the time-stepped spiking network")
     e.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     e.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    e.add_argument("--energy-model", default="default", metavar="default|ops-only|FILE",
+                   help="energy per image: the hardware cost model (default; docs/method.md), the 45 nm operation "
+                        "count alone (ops-only), or the model with parameters from a JSON/TOML file")
     e.add_argument("--precision", choices=["float32", "float64"], default="float32",
                    help="the network's arithmetic; in float64 both engines give the same digits, spikes and SOPs")
     e.set_defaults(func=_evaluate)

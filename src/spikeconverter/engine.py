@@ -170,7 +170,9 @@ class TwoPhaseSimulator:
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, record: bool = False, stream: bool = False,
-            neuron_counts: bool = False) -> SimulationResult:
+            neuron_counts: bool = False, events: bool = False) -> SimulationResult:
+        """``events``: also count neuron updates (every potential each accumulate or generate step
+        changes, per input) into ``result.extra["neuron_updates"]`` (the energy model's count)."""
         plan, gm = self.plan, self.gm
         T = next(iter(self.act.values())).timesteps
         slots = [x[n : n + 1] for n in range(len(x))] if stream else [x]
@@ -190,6 +192,7 @@ class TwoPhaseSimulator:
         v_off: dict = {}  # leaky layers: the OFF population's potential
         trains: dict = defaultdict(dict)  # train source -> window -> spikes [T, B, ...]
         counts = {a: torch.zeros(B * N, dtype=dtype, device=x.device) for a in self.act}
+        updates = 0  # neuron updates (potentials stepped), all inputs together
         recorded: dict = {}
         per_neuron: dict = {}
         logits: list = [None] * N
@@ -216,6 +219,7 @@ class TwoPhaseSimulator:
                     if n in self.act:
                         a = self.act[n]
                         v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
+                        updates += v_gen[n].numel() * (2 if a.leaky else 1)
                         cur[n] = s.to(dtype)
                         if a.leaky:  # the OFF population fires beside it; the train is ON - OFF (never both)
                             v_off[n], s_off = generate_step(v_off[n], a.theta, a.beta)
@@ -232,6 +236,7 @@ class TwoPhaseSimulator:
                     x_in = slots[g - plan.accumulate_window[s]]
                     current = self._current(s, g, t, T, cur, trains, x_in, zeros, theta)
                     v_acc[s] = accumulate(v_acc[s], 0.0 if current is None else current, self.acc_beta[s])
+                    updates += v_acc[s].numel() * (2 if s in self.act and self.act[s].leaky else 1)
             # end of window
             for n, seq in step_spikes.items():
                 trains[n][g] = torch.stack(seq)
@@ -265,7 +270,8 @@ class TwoPhaseSimulator:
             latency_steps=(L + 1) * T,
             timesteps=T,
             total_steps=(N + L) * T,
-            extra={"neuron_counts": per_neuron} if neuron_counts else {},
+            extra={**({"neuron_counts": per_neuron} if neuron_counts else {}),
+                   **({"neuron_updates": updates // (B * N)} if events else {})},
         )
 
     def _open_window(self, g, N, T, bias, v_acc) -> None:

@@ -185,12 +185,15 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
-             snn: str | None = None, device: str | None = None, precision: str = "float32") -> dict:
+             snn: str | None = None, device: str | None = None, precision: str = "float32",
+             energy_model: str = "default") -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
     ``timesteps``: T (default 8; with ``snn``, the file's).
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
+    ``energy_model``: "default" (energy.py's hardware cost model, beside the operation count),
+    "ops-only" (the 45 nm operation count alone), or a JSON/TOML file of energy.py parameters.
     ``precision``: float32 (the default) or float64, the network's arithmetic. In float64 the fast
     path and the time-stepped simulation agree digit for digit (accuracy, spikes, SOPs); in float32
     a pre-activation that lies within rounding of a code level can round to either side, so the two
@@ -202,6 +205,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    params = _energy_params(energy_model)  # a bad file fails before any work
     dev = resolve_device(device)
     dtype = PRECISIONS[precision]
     if snn is None and checkpoint is not None and Path(checkpoint).suffix == ".snn":
@@ -209,7 +213,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if snn is not None:
         out = _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
                              download, dataset, dev, dtype)
-        return dict(out, precision=precision)
+        return _with_energy(dict(out, precision=precision), out.pop("_snn"), params)
     timesteps = 8 if timesteps is None else timesteps
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
@@ -228,6 +232,33 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, len(calib), engine, batch_size, quiet, compile, t0)}
     out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)), precision=precision)
+    return _with_energy(out, snn, params)
+
+
+def _energy_params(energy_model: str):
+    """None for the ops-only proxy, else the cost model's parameters (defaults or a file)."""
+    from .energy import EnergyParams
+
+    if energy_model == "ops-only":
+        return None
+    if energy_model == "default":
+        return EnergyParams()
+    if not Path(energy_model).is_file():
+        raise ValueError(f"--energy-model must be default, ops-only or a parameter file; {energy_model} is none")
+    return EnergyParams.from_file(energy_model)
+
+
+def _with_energy(out: dict, snn, params) -> dict:
+    """The cost model's figures from the measured per-image events (two-phase networks)."""
+    out.pop("_snn", None)
+    if params is None or snn.method != "spikeconverter":
+        return out
+    from .energy import energy_report, events_of
+    from .metrics import Report
+
+    rep = Report({}, out["spikes"], out["sops"], out["snn_macs"], out["ann_macs"], 0.0, 0.0, snn.timesteps,
+                 snn.latency_steps, snn.steps_per_input, snn.method)
+    out["energy_model"] = energy_report(events_of(snn, rep), params)
     return out
 
 
@@ -251,6 +282,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
     test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, src.get("calibration_images"), engine, batch_size, quiet, compile, t0)}
+    out["_snn"] = snn
     out.update(phi=snn.layers[0].phi if snn.layers else None, snn_file=_file_ref(path),
                source_checkpoint=src.get("checkpoint"),
                calibration_options={k: v for k, v in (getattr(snn, "calibration", None) or {}).items()
@@ -348,10 +380,14 @@ def format_evaluate(r: dict) -> str:
         ("SOPs / image", f"{r['sops']:,.0f}"),
         ("SNN MACs / image", f"{r['snn_macs']:,.0f} (analog-input ops)"),
         ("ANN MACs / image", f"{r['ann_macs']:,.0f}"),
-        ("energy / image", f"SNN {r['energy_snn_uj']:.2f} uJ, ANN {r['energy_ann_uj']:.2f} uJ "
+        ("op-count energy", f"SNN {r['energy_snn_uj']:.2f} uJ, float ANN {r['energy_ann_uj']:.2f} uJ "
                            f"(ANN/SNN = {r['energy_ratio']:.2f}x)"),
-        ("energy convention", r["energy_convention"]),
+        ("energy convention", r["energy_convention"] + " (the ops-only proxy)"),
     ]
+    if r.get("energy_model"):
+        from .energy import format_energy
+
+        rows += format_energy(r["energy_model"])
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
 
