@@ -9,12 +9,12 @@
 
 __version__ = "0.1.0"
 
-from . import data, evaluate, metrics, models, neuron, plot  # noqa: E402
+from . import data, evaluate, graph, metrics, models, neuron, plot  # noqa: E402
 from .convert import LayerInfo, SpikingNetwork, convert  # noqa: E402
 from .engine import SimulationResult  # noqa: E402
+from .errors import UnsupportedOperationError  # noqa: E402
 from .finetune import finetune  # noqa: E402
-from .graph import UnsupportedOperationError  # noqa: E402
 from .serialize import SnnFileError, load  # noqa: E402
 
 __all__ = ["LayerInfo", "SimulationResult", "SpikingNetwork", "SnnFileError", "UnsupportedOperationError", "convert",
-           "data", "evaluate", "finetune", "load", "metrics", "models", "neuron", "plot"]
+           "data", "evaluate", "finetune", "graph", "load", "metrics", "models", "neuron", "plot"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .activation import SpikeActivation
 from .calibrate import (
     BETA_CANDIDATES,
     ChannelObserver,
@@ -27,8 +28,9 @@ from .calibrate import (
     parse_threshold,
 )
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
-from .graph import GraphPlan, SpikeActivation, analyze, check_pools, pools_mixing_channels, prepare
 from .neuron import check_code_length, check_params
+from .passes import prepare
+from .plan import GraphPlan, analyze, check_pools, pools_mixing_channels
 
 METHODS = ("spikeconverter", "rate")
 # The two-phase method's post-training calibration by default (chosen by measurement:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ops
-from .graph import GraphPlan, Region, SpikeActivation, node_shapes, run_region
+from .activation import SpikeActivation
 from .neuron import accumulate, generate, generate_step, if_step, initial_potential
+from .plan import GraphPlan, Region, node_shapes, run_region
 
 
 @dataclass

@@ -65,8 +65,9 @@ def _check_ops(snn) -> None:
 
 def export(snn, directory) -> Path:
     """Write the integer bundle of a fixed-point SpikingNetwork to ``directory``; returns it."""
+    from .activation import SpikeActivation
     from .engine import TwoPhaseSimulator
-    from .graph import SpikeActivation, node_shapes
+    from .plan import node_shapes
 
     if snn.method != "spikeconverter" or snn.exact_bounds is None:
         raise ValueError("export needs a fixed-point two-phase network: convert(..., fixed_point=True)")

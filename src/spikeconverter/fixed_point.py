@@ -27,7 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import ops
-from .graph import GraphPlan, ancestors, node_values
+from .plan import GraphPlan, ancestors, node_values
 
 WEIGHT_BITS = 12
 THETA_BITS = 12

@@ -25,8 +25,8 @@ import torch
 import torch.fx as fx
 
 from . import ops
-from .graph import GraphPlan, Region, ancestors, node_shapes, run_region
 from .neuron import countable_from_value, popcount, word_and_count
+from .plan import GraphPlan, Region, ancestors, node_shapes, run_region
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9

@@ -70,7 +70,7 @@ def _methods() -> set:
 
 
 def _module_classes() -> dict:
-    from .graph import SpikeActivation
+    from .activation import SpikeActivation
 
     classes = {m.__name__: m for k in ops.TABLE if k.role != ops.REFUSED for m in k.modules}
     classes["SpikeActivation"] = SpikeActivation
@@ -134,7 +134,7 @@ def _dec(v, env: dict):
 
 def _module_config(mod: nn.Module, path: str) -> dict:
     """A module of the table as (class, constructor arguments read from its attributes)."""
-    from .graph import SpikeActivation
+    from .activation import SpikeActivation
 
     cls = type(mod)
     if cls not in _module_classes().values():
@@ -163,7 +163,7 @@ def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> No
     """Write ``snn`` (a SpikingNetwork) to ``path``. ``extra``: JSON-able notes kept in the file
     (where the network came from: model, dataset, checkpoint, fine-tuning). ``half_weights``: store
     the float32 ``weight`` tensors of non-spiking modules as float16 (see the module docstring)."""
-    from .graph import SpikeActivation
+    from .activation import SpikeActivation
 
     gm = snn.gm
     fns = {id(f): name for name, f in _functions().items()}
@@ -302,7 +302,7 @@ def _build_module(path: str, cfg: dict, tensors: dict) -> nn.Module:
 def load(path):
     """The SpikingNetwork saved in ``path``, bit for bit, without the model's Python class."""
     from .convert import LayerInfo, SpikingNetwork
-    from .graph import analyze
+    from .plan import analyze
 
     tensors, doc = read(path)
     try:
