@@ -68,7 +68,7 @@ def main() -> int:
                 continue
             same, line = check(h, which, sweep)
             ok &= same
-            machines.add(stored["machine"])
+            machines.add(stored.get("timing", {}).get(h["model"], {}).get("machine") or stored["machine"])
             print(line, flush=True)
     print("all rows hold" if ok else "some rows drifted (see above)")
     print(f"measured on: {'; '.join(sorted(machines))}; checked on: {_common.machine()}")
