@@ -28,7 +28,7 @@ import torch
 
 from spikeconverter import convert
 from spikeconverter.convert import CALIBRATION_DEFAULTS
-from spikeconverter.evaluate import _batches, _subset, calibration_data, load_dataset, load_model
+from spikeconverter.evaluate import batches_of, calibration_data, fixed_subset, load_dataset, load_model
 from spikeconverter.finetune import FinetuneConfig, finetune
 
 import _common
@@ -55,7 +55,7 @@ START, END = "<!-- calibration:start -->", "<!-- calibration:end -->"
 def accuracy(fn, test, batch_size=500) -> float:
     correct = 0
     with torch.no_grad():
-        for x, y in _batches(test, batch_size):
+        for x, y in batches_of(test, batch_size):
             correct += int((fn(x).argmax(1) == y).sum())
     return 100.0 * correct / len(test)
 
@@ -65,7 +65,7 @@ def run(models, timesteps, seeds, configs, limit, n_calib):
            "calibration_images": n_calib, "configs": {k: CONFIGS[k] for k in configs}, "models": {}}
     for model in models:
         net, info = load_model(model, "cifar10")
-        test = _subset(load_dataset("cifar10", "test"), limit, 0)
+        test = fixed_subset(load_dataset("cifar10", "test"), limit, 0)
         ann = accuracy(net, test)
         rows = []
         for seed in seeds:
@@ -78,7 +78,7 @@ def run(models, timesteps, seeds, configs, limit, n_calib):
                     if tune is None:
                         snn = convert(net, calib, timesteps=T, **opts).compile()
                     else:  # the calibration images with their labels, which distill = 1 ignores
-                        images = _subset(load_dataset("cifar10", "train"), n_calib, seed + 1)  # as calibration_data
+                        images = fixed_subset(load_dataset("cifar10", "train"), n_calib, seed + 1)  # as calibration_data
                         cfg = FinetuneConfig(lr=tune["lr"], theta_lr=tune["theta_lr"], distill=1.0, train_weights=False)
                         snn = finetune(net, images, timesteps=T, epochs=tune["epochs"], calibration=calib, config=cfg,
                                        **opts).compile()

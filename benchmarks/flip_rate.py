@@ -16,7 +16,7 @@ import torch
 
 from spikeconverter import convert
 from spikeconverter.data import load_dataset
-from spikeconverter.evaluate import _subset, calibration_data, load_model
+from spikeconverter.evaluate import calibration_data, fixed_subset, load_model
 
 import _common
 
@@ -32,7 +32,7 @@ def main():
     ckpt = _common.checkpoint_for(args.model, override=args.checkpoint)
     net, _ = load_model(args.model, "cifar10", ckpt)
     calib = calibration_data("cifar10", 256)
-    test = _subset(load_dataset("cifar10", "test"), args.images, 0)
+    test = fixed_subset(load_dataset("cifar10", "test"), args.images, 0)
     x = test.normalize(test.images)
     print(f"machine: {_common.machine()}")
     print(f"{args.model}, T={args.T}, beta=2, {args.images} test images (JPEG CIFAR-10)")

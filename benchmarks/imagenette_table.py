@@ -115,7 +115,7 @@ def _side(r: dict) -> str:
 
 def _sj_ann(out: dict, sj: dict) -> float | None:
     """The ANN's accuracy on SpikingJelly's photos where they are the rate baseline's subset (same
-    count: both draw evaluate._subset of the full val set with seed 0), else None."""
+    count: both draw evaluate.fixed_subset of the full val set with seed 0), else None."""
     r = out["sweeps"].get(sj["model"], {})
     return r.get("ann_accuracy_rate_images") if r.get("rate_images") == sj["images"] else None
 

@@ -28,7 +28,7 @@ import torch
 
 import spikeconverter as sc
 from spikeconverter.data import load_dataset
-from spikeconverter.evaluate import _batches, _sized, _subset, calibration_data, load_model
+from spikeconverter.evaluate import batches_of, calibration_data, fixed_subset, load_model, sized_kwargs
 
 import _common
 
@@ -116,7 +116,7 @@ def run_spikingjelly(net, calib, test, timesteps=SJ_T, batch_size=250, quiet=Fal
         spikes = {t: 0.0 for t in timesteps}
         n = 0
         total, hooks = _count_spikes(snn)
-        for x, y in _batches(test, batch_size):
+        for x, y in batches_of(test, batch_size):
             functional.reset_net(snn)
             total["n"] = 0.0
             cum = [torch.zeros(len(y), 1)]  # cum[t]: output summed over steps 1..t
@@ -174,7 +174,7 @@ def run_ours(net, calib, test, timesteps=(4, 6, 8)):
     for T in timesteps:
         snn = sc.convert(net, calib, timesteps=T)
         correct, spikes, n = 0, 0.0, 0
-        for x, y in _batches(test, 250):
+        for x, y in batches_of(test, 250):
             counts, logits = neuron_spike_counts(snn, x, return_logits=True)
             correct += int((logits.argmax(1) == y).sum())
             spikes += float(sum(c.sum() for c in counts.values()))
@@ -191,8 +191,8 @@ def _first_images(ds, n: int) -> torch.Tensor:
 def timing(model: str = "resnet20", checkpoint=None, dataset: str = "cifar10") -> dict:
     """Only the wall-time part of compare() (seconds per image), on the same 64 test images."""
     net, info = load_model(model, dataset, _common.checkpoint_for(model, dataset, override=checkpoint))
-    sized = _sized(dataset, info)
-    test = _subset(load_dataset(dataset, "test", **sized), 1000, 0)
+    sized = sized_kwargs(dataset, info)
+    test = fixed_subset(load_dataset(dataset, "test", **sized), 1000, 0)
     return wall_times(net, calibration_data(dataset, 512, **sized), _first_images(test, 64))
 
 
@@ -204,12 +204,12 @@ def compare(model: str = "resnet20", checkpoint=None, images: int = 1000, sj_cal
     example's default is 50,000: LTB grows its thresholds batch by batch and stays far too low after
     a few batches). Photos (imagenette) are taken at the side the checkpoint was trained at."""
     net, info = load_model(model, dataset, _common.checkpoint_for(model, dataset, override=checkpoint))
-    sized = _sized(dataset, info)
+    sized = sized_kwargs(dataset, info)
     calib = calibration_data(dataset, 512, **sized)
     n_train = len(load_dataset(dataset, "train", **sized))
     sj_calibration = min(sj_calibration, n_train)
     sj_calib = calib if sj_calibration == 512 else calibration_data(dataset, sj_calibration, **sized)
-    test = _subset(load_dataset(dataset, "test", **sized), images, 0)
+    test = fixed_subset(load_dataset(dataset, "test", **sized), images, 0)
     return {"model": model, "dataset": dataset, **sized, "checkpoint": info["checkpoint"], "images": len(test),
             "machine": _common.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "calibration_images": len(calib), "sj_calibration_images": len(sj_calib),

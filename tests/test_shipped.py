@@ -59,11 +59,11 @@ def test_sane_on_500_test_images(name, dataset):
     """Cheap guard against a broken export (wrong keys, bad fp16 cast, wrong evaluation side):
     accuracy on 500 random test images is within 5 pp of the full-set figure the metadata claims."""
     _, meta = shipped(name, dataset)
-    from spikeconverter.evaluate import _subset
+    from spikeconverter.evaluate import fixed_subset
     from spikeconverter.train import evaluate_accuracy
 
     model = sc.models.create(name, dataset=dataset, pretrained=True)
-    acc = evaluate_accuracy(model, _subset(_test_set(dataset, meta), 500, 0))
+    acc = evaluate_accuracy(model, fixed_subset(_test_set(dataset, meta), 500, 0))
     assert abs(acc - meta["test_acc"]) < 5.0, (acc, meta["test_acc"])
 
 
@@ -92,9 +92,9 @@ def _finetuned(name, T):
 
 
 def _images(n):
-    from spikeconverter.evaluate import _batches, _subset, load_dataset
+    from spikeconverter.evaluate import batches_of, fixed_subset, load_dataset
 
-    return next(_batches(_subset(load_dataset("cifar10", "test"), n, 0), n))
+    return next(batches_of(fixed_subset(load_dataset("cifar10", "test"), n, 0), n))
 
 
 @pytest.mark.parametrize("name,T", FINETUNED)

@@ -111,25 +111,40 @@ def _sweep(args) -> int:
     return 0
 
 
-def _show(args) -> int:
+def _model_and_calibration(args):
+    """(the model with its weights on --device, its metadata, the calibration images): what every
+    converting command starts from."""
+    from .device import resolve
+    from .evaluate import calibration_data, load_model, sized_kwargs
+
+    net, info = load_model(args.model, args.dataset, args.checkpoint)
+    net = net.to(resolve(args.device))  # converted where it will run; a network file itself is device-free
+    calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
+                             **sized_kwargs(args.dataset, info))
+    return net, info, calib
+
+
+def _converted(args, net, calib, **kw):
+    """convert() with the command's T, beta and calibration options (the rate baseline takes none)."""
     from . import convert
-    from .evaluate import _sized, calibration_data, load_dataset, load_model
+
+    rate = kw.get("method") == "rate"
+    options = {} if rate else {k: v for k, v in _calibration(args).items() if v is not None}
+    return convert(net, calib, timesteps=args.T, beta=_beta(args.beta), progress=not args.quiet, **options, **kw)
+
+
+def _show(args) -> int:
+    from .evaluate import load_dataset, sized_kwargs
     from .plot import pipeline
 
     if "." not in args.out or args.out.rsplit(".", 1)[-1].lower() not in ("png", "pdf", "svg"):
         raise ValueError(f"--out {args.out}: use a .png, .pdf or .svg file name")
-    from .device import resolve
-
-    net, info = load_model(args.model, args.dataset, args.checkpoint)
-    net = net.to(resolve(args.device))
-    test = load_dataset(args.dataset, "test", args.data, **_sized(args.dataset, info))
+    net, info, calib = _model_and_calibration(args)
+    test = load_dataset(args.dataset, "test", args.data, **sized_kwargs(args.dataset, info))
     if not 0 <= args.image < len(test):
         raise ValueError(f"--image must be in [0, {len(test) - 1}], got {args.image}")
     x = test[args.image][0].unsqueeze(0)
-    calib = calibration_data(args.dataset, args.calibration, args.data, **_sized(args.dataset, info))
-    options = {} if args.method == "rate" else _calibration(args)
-    snn = convert(net, calib, timesteps=args.T, beta=_beta(args.beta), method=args.method, progress=not args.quiet,
-                  **options)
+    snn = _converted(args, net, calib, method=args.method)
     pipeline(snn, x, args.out)
     print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}), test image {args.image}")
     return 0
@@ -142,17 +157,8 @@ def _source(args, info: dict, n_calib: int | None) -> dict:
 
 
 def _convert(args) -> int:
-    from . import convert
-    from .device import resolve
-    from .evaluate import _sized, calibration_data, load_model
-
-    net, info = load_model(args.model, args.dataset, args.checkpoint)
-    net = net.to(resolve(args.device))  # converted where it will run; the file itself is device-free
-    calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
-                             **_sized(args.dataset, info))
-    options = {} if args.method == "rate" else _calibration(args)
-    snn = convert(net, calib, timesteps=args.T, beta=_beta(args.beta), method=args.method, threshold=args.threshold,
-                  phi=args.phi, progress=not args.quiet, **options)
+    net, info, calib = _model_and_calibration(args)
+    snn = _converted(args, net, calib, method=args.method, threshold=args.threshold, phi=args.phi)
     snn.save(args.out, extra=_source(args, info, len(calib)))
     print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}, {len(snn.layers)} spiking layers, latency "
           f"{snn.latency_steps} steps); measure it with: spikeconverter evaluate --snn {args.out}")
@@ -162,22 +168,15 @@ def _convert(args) -> int:
 def _export(args) -> int:
     import numpy as np
 
-    from . import convert
-    from .device import resolve
-    from .evaluate import _batches, _sized, _subset, calibration_data, load_dataset, load_model
+    from .evaluate import batches_of, fixed_subset, load_dataset, sized_kwargs
 
-    net, info = load_model(args.model, args.dataset, args.checkpoint)
-    net = net.to(resolve(args.device))
-    calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
-                             **_sized(args.dataset, info))
-    options = {k: v for k, v in _calibration(args).items() if v is not None}
-    snn = convert(net, calib, timesteps=args.T, beta=_beta(args.beta), fixed_point=True, progress=not args.quiet,
-                  **options)
+    net, info, calib = _model_and_calibration(args)
+    snn = _converted(args, net, calib, fixed_point=True)
     out = snn.export(args.out)
     note = ""
     if args.samples:  # inputs and the fixed-point engine's answers: a test bench's reference
-        test = _subset(load_dataset(args.dataset, "test", args.data, **_sized(args.dataset, info)), args.samples, 0)
-        x, y = next(_batches(test, args.samples))
+        test = fixed_subset(load_dataset(args.dataset, "test", args.data, **sized_kwargs(args.dataset, info)), args.samples, 0)
+        x, y = next(batches_of(test, args.samples))
         np.save(out / "inputs.npy", x.double().numpy())
         np.save(out / "labels.npy", y.numpy())
         try:
@@ -195,17 +194,17 @@ def _finetune(args) -> int:
 
     from .data import load_dataset
     from .device import resolve
-    from .evaluate import _sized, _subset, calibration_data, load_model
+    from .evaluate import calibration_data, fixed_subset, load_model, sized_kwargs
     from .finetune import FinetuneConfig, finetune
     from .train import balanced_subset
 
     net, info = load_model(args.model, args.dataset, args.checkpoint)
     net = net.to(resolve(args.device))
-    sized = _sized(args.dataset, info)
+    sized = sized_kwargs(args.dataset, info)
     train = load_dataset(args.dataset, "train", args.data, download=args.download, **sized)
     if args.train_limit is not None:
         train = balanced_subset(train, args.train_limit, args.seed)
-    test = _subset(load_dataset(args.dataset, "test", args.data, **sized), args.limit, args.seed)
+    test = fixed_subset(load_dataset(args.dataset, "test", args.data, **sized), args.limit, args.seed)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, theta_lr=args.theta_lr, batch_size=args.batch_size,
                          weight_decay=args.weight_decay, seed=args.seed, distill=args.distill,
                          train_weights=not args.freeze_weights)

@@ -60,12 +60,12 @@ def _file_ref(path: Path) -> str:
     return f"{Path(path).name} (sha256 {digest}...)"
 
 
-def _sized(dataset: str, info: dict) -> dict:
+def sized_kwargs(dataset: str, info: dict) -> dict:
     """Photos are evaluated at the side the checkpoint was trained at (its metadata says)."""
     return {"image_size": info["image_size"]} if dataset == "imagenette" and info.get("image_size") else {}
 
 
-def _subset(ds, n: int | None, seed: int):
+def fixed_subset(ds, n: int | None, seed: int):
     """A fixed random subset (test sets are stored class by class: the first n would be one class)."""
     if n is None or n >= len(ds):
         return ds
@@ -90,7 +90,7 @@ def data_digest(ds) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _batches(ds, batch_size: int, device=None):
+def batches_of(ds, batch_size: int, device=None):
     """(x, y) batches of a test set, on ``device`` (None: where they are made, the CPU)."""
     if isinstance(ds, ArrayDataset):
         it = ((ds.normalize(ds.images[i : i + batch_size]), ds.labels[i : i + batch_size])
@@ -106,8 +106,8 @@ def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, downlo
     """``n`` training images (fixed random subset, no augmentation), normalised, as one tensor."""
     if n < 1:
         raise ValueError(f"--calibration must be >= 1, got {n}")
-    train = _subset(load_dataset(dataset, "train", data_root, download=download, **dataset_kw), n, seed + 1)
-    return torch.cat([x for x, _ in _batches(train, 512)])
+    train = fixed_subset(load_dataset(dataset, "train", data_root, download=download, **dataset_kw), n, seed + 1)
+    return torch.cat([x for x, _ in batches_of(train, 512)])
 
 
 def _progress(it, desc, total, quiet):
@@ -172,7 +172,7 @@ def _ann_accuracy(model, ds, batch_size, quiet) -> float:
     acc, records = _Accumulator(), []
     param = next(model.parameters())
     with torch.no_grad():
-        batches = _progress(_batches(ds, batch_size, param.device), "ANN", math.ceil(len(ds) / batch_size), quiet)
+        batches = _progress(batches_of(ds, batch_size, param.device), "ANN", math.ceil(len(ds) / batch_size), quiet)
         for i, (x, y) in enumerate(batches):
             if distributed.mine(i):
                 records.append((i, acc.record(model(x.to(param.dtype)), y, None)))
@@ -223,8 +223,8 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
     net = net.to(device=dev, dtype=dtype)  # convert() keeps the model's precision
-    test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
-    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
+    test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
+    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info))
     t0 = time.time()
     snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
         lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
@@ -279,7 +279,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
     net = net.to(device=dev, dtype=dtype)
     if snn.method == "rate" and engine == "fast":
         engine = "simulate"
-    test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
+    test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, src.get("calibration_images"), engine, batch_size, quiet, compile, t0)}
     out["_snn"] = snn
@@ -315,7 +315,7 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     t0 = time.time()
     device, dtype = next(snn.parameters()).device, next(snn.parameters()).dtype
     with torch.no_grad():
-        batches = _progress(_batches(test, batch_size, device), f"SNN ({engine})", math.ceil(len(test) / batch_size),
+        batches = _progress(batches_of(test, batch_size, device), f"SNN ({engine})", math.ceil(len(test) / batch_size),
                             quiet)
         for i, (x, y) in enumerate(batches):
             if not distributed.mine(i):  # torchrun: batch i is rank (i mod N)'s
@@ -423,9 +423,9 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
     net, info = load_model(model, dataset, checkpoint)
     net = net.to(resolve_device(device))
-    test = _subset(load_dataset(dataset, "test", data_root, download=download, **_sized(dataset, info)), limit, seed)
-    rate_test = _subset(test, rate_limit, seed) if rate_limit else test
-    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **_sized(dataset, info))
+    test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
+    rate_test = fixed_subset(test, rate_limit, seed) if rate_limit else test
+    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info))
     options = dict(zip(CALIBRATION_KEYS, calibration_options("spikeconverter", per_channel, sequential, bias_correction)))
     progress = _Progress(progress_file, dict(
         model=model, dataset=dataset, checkpoint=info["checkpoint"], data=getattr(test, "source", ""),
@@ -448,7 +448,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             bs = counting_batch(snn, cost, batch_size)
             acc, records = _Accumulator(), []
             with torch.no_grad():
-                for i, (x, y) in enumerate(_progress(_batches(test, bs, dev), f"beta={b:g} T={T}",
+                for i, (x, y) in enumerate(_progress(batches_of(test, bs, dev), f"beta={b:g} T={T}",
                                                      math.ceil(len(test) / bs), quiet)):
                     if distributed.mine(i):
                         counts, logits = neuron_spike_counts(snn, x, return_logits=True)
@@ -473,7 +473,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
         from .engine import RateSimulator
 
         sim = RateSimulator(rate.plan)
-        for i, (x, y) in enumerate(_progress(_batches(rate_test, batch_size, dev), f"rate T<={tmax}",
+        for i, (x, y) in enumerate(_progress(batches_of(rate_test, batch_size, dev), f"rate T<={tmax}",
                                              math.ceil(len(rate_test) / batch_size), quiet)):
             if not distributed.mine(i):
                 continue
