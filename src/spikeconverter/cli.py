@@ -66,7 +66,8 @@ def _evaluate(args) -> int:
                  engine=args.engine, checkpoint=args.checkpoint, limit=args.limit, calibration=args.calibration,
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
-                 precision=args.precision, energy_model=args.energy_model, **_calibration(args))
+                 precision=args.precision, energy_model=args.energy_model, data_free=args.data_free,
+                 **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
@@ -112,16 +113,27 @@ def _sweep(args) -> int:
 
 
 def _model_and_calibration(args):
-    """(the model with its weights on --device, its metadata, the calibration images): what every
-    converting command starts from."""
+    """(the model with its weights on --device, its metadata, the calibration images -- or
+    "data-free" with --data-free): what every converting command starts from."""
     from .device import resolve
     from .evaluate import calibration_data, load_model, sized_kwargs
 
     net, info = load_model(args.model, args.dataset, args.checkpoint)
     net = net.to(resolve(args.device))  # converted where it will run; a network file itself is device-free
+    if getattr(args, "data_free", False):
+        return net, info, "data-free"
     calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
                              **sized_kwargs(args.dataset, info))
     return net, info, calib
+
+
+def _input_shape(args, info) -> tuple:
+    """One sample's shape for a zoo model on its dataset (the side its checkpoint was trained at)."""
+    from .data import DATASETS
+
+    d = DATASETS[args.dataset]
+    side = info.get("image_size") or d.image_size
+    return (d.channels, side, side)
 
 
 def _converted(args, net, calib, **kw):
@@ -158,8 +170,10 @@ def _source(args, info: dict, n_calib: int | None) -> dict:
 
 def _convert(args) -> int:
     net, info, calib = _model_and_calibration(args)
-    snn = _converted(args, net, calib, method=args.method, threshold=args.threshold, phi=args.phi)
-    snn.save(args.out, extra=_source(args, info, len(calib)))
+    data_free = isinstance(calib, str)
+    snn = _converted(args, net, calib, method=args.method, threshold=args.threshold, phi=args.phi,
+                     **({"input_shape": _input_shape(args, info)} if data_free else {}))
+    snn.save(args.out, extra=_source(args, info, 0 if data_free else len(calib)))
     print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}, {len(snn.layers)} spiking layers, latency "
           f"{snn.latency_steps} steps); measure it with: spikeconverter evaluate --snn {args.out}")
     return 0
@@ -363,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: the exact twin; simulate: the time-stepped spiking network")
     e.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     e.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    e.add_argument("--data-free", action="store_true",
+                   help="convert without any image: calibration inputs synthesised from the model's batch-norm "
+                        "statistics (128 inputs, 300 optimiser steps; --calibration is then unused)")
     e.add_argument("--energy-model", default="default", metavar="default|ops-only|FILE",
                    help="energy per image: the hardware cost model (default; docs/method.md), the 45 nm operation "
                         "count alone (ops-only), or the model with parameters from a JSON/TOML file")
@@ -399,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
     cv.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     cv.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    cv.add_argument("--data-free", action="store_true",
+                    help="no calibration image: inputs synthesised from the model's batch-norm statistics")
     cv.add_argument("--out", required=True, help="the network file to write (e.g. net.snn)")
     cv.set_defaults(func=_convert)
 

@@ -642,12 +642,17 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
 def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, threshold: str | None = None,
             method: str = "spikeconverter", phi: float = 0.5, input_coding: str = "analog",
             progress: bool = False, fixed_point: bool = False, per_channel: bool | None = None,
-            sequential: bool | None = None, bias_correction: bool | None = None) -> SpikingNetwork:
+            sequential: bool | None = None, bias_correction: bool | None = None, *,
+            input_shape: tuple | None = None, data_free_images: int = 128, data_free_steps: int = 300,
+            seed: int = 0) -> SpikingNetwork:
     """Convert a trained CNN into a spiking network.
 
     Args:
         model: a traceable nn.Module (see docs/method.md for the supported ops).
-        calibration: a tensor batch, or an iterable of tensors or (input, label) pairs.
+        calibration: a tensor batch, or an iterable of tensors or (input, label) pairs; or
+            "data-free": no images, the calibration inputs are synthesised from the model's batch-norm
+            statistics (datafree.py; needs ``input_shape``, one sample's shape, and BN layers;
+            ``data_free_images``, ``data_free_steps`` and ``seed`` set the synthesis).
         timesteps: T, steps per phase (two-phase) or simulation steps (rate).
         beta: growth factor in [1, 2] (2: binary code, 1: burst code), or "search".
         threshold: "mse" (default for spikeconverter), "max", or "percentile:P"
@@ -670,6 +675,16 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         run once or twice per spiking depth).
     """
     _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point)
+    data_free = None
+    if isinstance(calibration, str):
+        if calibration != "data-free":
+            raise ValueError(f"calibration must be images or 'data-free', got {calibration!r}")
+        if input_shape is None:
+            raise ValueError("data-free conversion needs input_shape= (one sample's shape, e.g. (3, 32, 32))")
+        from .datafree import synthesize_inputs
+
+        calibration, data_free = synthesize_inputs(model, tuple(input_shape), n=data_free_images, steps=data_free_steps,
+                                                   seed=seed, progress=progress)
     if fixed_point and per_channel is None:
         # the fixed-point grid is one per layer: thresholds spread over channels would make it finer
         # and leave float64's exact range at ResNet-size T = 8 (opt in with per_channel=True)
@@ -708,6 +723,8 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
     snn = SpikingNetwork(plan, method, timesteps, layers, input_shape, input_coding, threshold)
     snn.calibration = dict(threshold=threshold, per_channel=per_channel, sequential=sequential,
                            bias_correction=bias_correction)
+    if data_free is not None:  # no image was used: the file and the reports say so
+        snn.calibration["data_free"] = data_free
     if fixed_point:
         from . import fixed_point as fx_point
 

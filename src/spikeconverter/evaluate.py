@@ -186,12 +186,14 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
              snn: str | None = None, device: str | None = None, precision: str = "float32",
-             energy_model: str = "default") -> dict:
+             energy_model: str = "default", data_free: bool = False) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
     ``timesteps``: T (default 8; with ``snn``, the file's).
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
+    ``data_free``: no calibration image: 128 inputs synthesised from the model's batch-norm statistics
+    (datafree.py; ``calibration`` is then unused).
     ``energy_model``: "default" (energy.py's hardware cost model, beside the operation count),
     "ops-only" (the 45 nm operation count alone), or a JSON/TOML file of energy.py parameters.
     ``precision``: float32 (the default) or float64, the network's arithmetic. In float64 the fast
@@ -224,14 +226,18 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     net, info = load_model(model, dataset, checkpoint)
     net = net.to(device=dev, dtype=dtype)  # convert() keeps the model's precision
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
-    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info))
+    calib = "data-free" if data_free else calibration_data(dataset, calibration, data_root, seed, download=download,
+                                                           **sized_kwargs(dataset, info))
     t0 = time.time()
     snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
         lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
-                        progress=not quiet, **dict(zip(CALIBRATION_KEYS, options))))
+                        progress=not quiet, input_shape=tuple(test[0][0].shape) if data_free else None,
+                        **dict(zip(CALIBRATION_KEYS, options))))
     out = {"model": model, "dataset": dataset,
-           **_measure(snn, net, info, test, len(calib), engine, batch_size, quiet, compile, t0)}
+           **_measure(snn, net, info, test, 0 if data_free else len(calib), engine, batch_size, quiet, compile, t0)}
     out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)), precision=precision)
+    if data_free:
+        out["data_free"] = snn.calibration.get("data_free")
     return _with_energy(out, snn, params)
 
 
@@ -358,6 +364,10 @@ def format_evaluate(r: dict) -> str:
     name = r["model"] or (f"your model ({r['snn_file'].split(' ')[0]})" if r.get("snn_file") else "your model")
     calib = (f"{r['calibration_images']} training images" if r.get("calibration_images") is not None
              else "not recorded in the file")
+    if r.get("data_free"):
+        d = r["data_free"]
+        calib = (f"no images (data-free: {d['images']} inputs synthesised from batch-norm statistics, {d['steps']} "
+                 f"steps, {d['seconds']:.0f} s)")
     rows = [
         ("model / data", f"{name} / {r['dataset']} ({r['test_images']} test images; calibration: {calib})"),
         ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']}"
