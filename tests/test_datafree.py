@@ -83,3 +83,33 @@ def test_evaluate_data_free_on_the_shipped_resnet20(tmp_path):
     r = json.loads(out.read_text())
     assert r["calibration_images"] == 0 and r["data_free"]["images"] == 128
     assert r["difference_pp"] > -1.0  # at T = 8 the data-free network keeps the ANN's accuracy (measured: docs)
+
+
+def test_the_commands_take_data_free(tmp_path, monkeypatch):
+    """evaluate, sweep, convert and export hand 'data-free' through (the synthesis itself is stubbed
+    here: it is tested above, and on ResNet-20 it takes minutes)."""
+    from spikeconverter import datafree
+    from spikeconverter.cli import main
+    from spikeconverter.models import shipped_checkpoint
+
+    if shipped_checkpoint("resnet20", "cifar10") is None:
+        pytest.skip("no ResNet-20 checkpoint")
+    calls = []
+
+    def stub(model, input_shape, n=128, steps=300, lr=0.2, seed=0, progress=False):
+        calls.append(tuple(input_shape))
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((16,) + tuple(input_shape), generator=g), {"images": 16, "steps": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(datafree, "synthesize_inputs", stub)
+    import json
+
+    assert main(["sweep", "--data-free", "-T", "4", "--rate-T", "--limit", "50", "--quiet",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["calibration_images"] == 0
+    assert main(["convert", "--data-free", "-T", "4", "--quiet", "--out", str(tmp_path / "n.snn")]) == 0
+    assert sc.load(tmp_path / "n.snn").calibration["data_free"]["images"] == 16
+    assert main(["evaluate", "--data-free", "-T", "4", "--limit", "50", "--quiet", "--no-compile",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["data_free"]["images"] == 16
+    assert calls and all(c == (3, 32, 32) for c in calls)

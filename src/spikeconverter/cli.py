@@ -102,7 +102,7 @@ def _sweep(args) -> int:
               extra_betas=tuple(float(b) for b in args.also_beta),
               extra_beta_timesteps=tuple(args.also_beta_T) if args.also_beta_T else None,
               compile=not args.no_compile, download=args.download, device=args.device,
-              progress_file=args.progress, **_calibration(args))
+              progress_file=args.progress, data_free=args.data_free, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_sweep(r))
         if args.json:  # the measurement first: a plot that fails must not lose it
@@ -185,7 +185,8 @@ def _export(args) -> int:
     from .evaluate import batches_of, fixed_subset, load_dataset, sized_kwargs
 
     net, info, calib = _model_and_calibration(args)
-    snn = _converted(args, net, calib, fixed_point=True)
+    snn = _converted(args, net, calib, fixed_point=True,
+                     **({"input_shape": _input_shape(args, info)} if isinstance(calib, str) else {}))
     out = snn.export(args.out)
     note = ""
     if args.samples:  # inputs and the fixed-point engine's answers: a test bench's reference
@@ -395,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--also-beta", nargs="*", default=[], help="extra beta values as ablation rows (e.g. 1)")
     s.add_argument("--also-beta-T", nargs="+", type=int, default=None,
                    help="time steps for the --also-beta rows (default: the same as -T)")
+    s.add_argument("--data-free", action="store_true",
+                   help="no calibration image: inputs synthesised once from the model's batch-norm statistics")
     s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
     s.add_argument("--progress", default=None, metavar="FILE",
                    help="keep finished rows in FILE (JSON) and resume from it when run again with the same "
@@ -426,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ex)
     ex.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=6, help="time steps (per phase)")
     ex.add_argument("--samples", type=int, default=8, help="test images saved with the engine's logits (0: none)")
+    ex.add_argument("--data-free", action="store_true",
+                    help="no calibration image: inputs synthesised from the model's batch-norm statistics")
     ex.add_argument("--out", required=True, help="the bundle folder to write")
     ex.set_defaults(func=_export)
 

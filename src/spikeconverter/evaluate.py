@@ -410,12 +410,15 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
           extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False,
           per_channel=None, sequential=None, bias_correction=None, device: str | None = None,
-          progress_file=None) -> dict:
+          progress_file=None, data_free: bool = False) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
 
     extra_betas are ablation rows (e.g. beta = 1: temporal separation without iLIF), run at
     extra_beta_timesteps (default: the same T as the main rows).
+
+    ``data_free``: no calibration image; 128 inputs synthesised once from the model's batch-norm
+    statistics (datafree.py) calibrate every row.
 
     ``progress_file``: a JSON file the sweep writes after every finished row and reads when it
     starts again, so that a long sweep (hours for 224-px photos on a CPU) that is stopped resumes
@@ -435,12 +438,19 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     net = net.to(resolve_device(device))
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     rate_test = fixed_subset(test, rate_limit, seed) if rate_limit else test
-    calib = calibration_data(dataset, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info))
+    synthesised = None
+    if data_free:  # once for every row: the rows then differ by T alone, as with images
+        from .datafree import synthesize_inputs
+
+        calib, synthesised = synthesize_inputs(net, tuple(test[0][0].shape), seed=seed, progress=not quiet)
+    else:
+        calib = calibration_data(dataset, calibration, data_root, seed, download=download,
+                                 **sized_kwargs(dataset, info))
     options = dict(zip(CALIBRATION_KEYS, calibration_options("spikeconverter", per_channel, sequential, bias_correction)))
     progress = _Progress(progress_file, dict(
         model=model, dataset=dataset, checkpoint=info["checkpoint"], data=getattr(test, "source", ""),
         test_images=len(test), rate_images=len(rate_test), limit=limit, rate_limit=rate_limit, seed=seed,
-        calibration=calibration, options=options, beta=beta))
+        calibration="data-free" if data_free else calibration, options=options, beta=beta))
     ann_acc = progress.value("ann_accuracy", lambda: _ann_accuracy(net, test, batch_size, quiet))
     ann_acc_rate = ann_acc if rate_test is test else progress.value(
         "ann_accuracy_rate_images", lambda: _ann_accuracy(net, rate_test, batch_size, quiet))
@@ -507,9 +517,9 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             "checkpoint": info["checkpoint"],
             "image_size": info.get("image_size"),
             "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
-            "rate_images": len(rate_test), "calibration_images": len(calib), "calibration_options": options,
-            "energy_convention": ENERGY_CONVENTION,
-            "rows": rows}
+            "rate_images": len(rate_test), "calibration_images": 0 if data_free else len(calib),
+            "calibration_options": options, "energy_convention": ENERGY_CONVENTION,
+            **({"data_free": synthesised} if data_free else {}), "rows": rows}
 
 
 class _Progress:
