@@ -109,6 +109,9 @@ def test_the_commands_take_data_free(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "s.json").read_text())["calibration_images"] == 0
     assert main(["convert", "--data-free", "-T", "4", "--quiet", "--out", str(tmp_path / "n.snn")]) == 0
     assert sc.load(tmp_path / "n.snn").calibration["data_free"]["images"] == 16
+    assert main(["evaluate", "--snn", str(tmp_path / "n.snn"), "--limit", "50", "--quiet", "--no-compile",
+                 "--json", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["data_free"]["images"] == 16  # the file says no image was used
     assert main(["evaluate", "--data-free", "-T", "4", "--limit", "50", "--quiet", "--no-compile",
                  "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["data_free"]["images"] == 16

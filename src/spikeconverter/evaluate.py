@@ -293,6 +293,8 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
                source_checkpoint=src.get("checkpoint"),
                calibration_options={k: v for k, v in (getattr(snn, "calibration", None) or {}).items()
                                     if k in CALIBRATION_KEYS})
+    if (getattr(snn, "calibration", None) or {}).get("data_free"):  # converted without images
+        out["data_free"] = snn.calibration["data_free"]
     if "finetune" in src:
         ft = src["finetune"]
         out["finetune"] = {"epochs": ft.get("epoch"), "config": ft.get("config"),
