@@ -213,9 +213,9 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if snn is None and checkpoint is not None and Path(checkpoint).suffix == ".snn":
         snn, checkpoint = checkpoint, None  # a network file (convert/finetune --out) given as the checkpoint
     if snn is not None:
-        out = _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed, compile,
-                             download, dataset, dev, dtype)
-        return _with_energy(dict(out, precision=precision), out.pop("_snn"), params)
+        out, net_file = _evaluate_file(snn, timesteps, engine, checkpoint, limit, data_root, batch_size, quiet, seed,
+                                       compile, download, dataset, dev, dtype)
+        return _with_energy(dict(out, precision=precision), net_file, params)
     timesteps = 8 if timesteps is None else timesteps
     _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
@@ -256,7 +256,6 @@ def _energy_params(energy_model: str):
 
 def _with_energy(out: dict, snn, params) -> dict:
     """The cost model's figures from the measured per-image events (two-phase networks)."""
-    out.pop("_snn", None)
     if params is None or snn.method != "spikeconverter":
         return out
     from .energy import energy_report, events_of
@@ -288,7 +287,6 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, src.get("calibration_images"), engine, batch_size, quiet, compile, t0)}
-    out["_snn"] = snn
     out.update(phi=snn.layers[0].phi if snn.layers else None, snn_file=_file_ref(path),
                source_checkpoint=src.get("checkpoint"),
                calibration_options={k: v for k, v in (getattr(snn, "calibration", None) or {}).items()
@@ -299,7 +297,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
         ft = src["finetune"]
         out["finetune"] = {"epochs": ft.get("epoch"), "config": ft.get("config"),
                            "train_loss": [h["loss"] for h in ft.get("history", [])]}
-    return out
+    return out, snn
 
 
 def counting_batch(snn, cost: CostModel, batch_size: int) -> int:
