@@ -3,14 +3,15 @@
     python benchmarks/check_headline.py [--models resnet20 ...] [--datasets CIFAR-10 Imagenette]
                                         [--rows t8 low] [--threads N]
 
-For each row of the README's table (benchmarks/readme_headline.py; the figures come from
-docs/results.json and docs/imagenette.json) it runs ``evaluate`` with the calibration that row was
-measured with, on the same test images, and compares accuracy, latency, spikes and SOPs per image
-(to the digits the docs print). Exit status 1 if any row drifted. A drift is printed with the
-machine that measured the row and this one: float32 figures depend on the CPU's convolution
-kernels (rounding can flip a quantization digit), so a few test images can differ between CPUs
-with the same code and pixels; the test images' digest is printed so that a change of pixels
-(another JPEG decoder) is told apart from a change of arithmetic.
+For each row of the README's table (benchmarks/readme_headline.py) it runs ``evaluate`` as that
+row was measured -- rows from docs/headline.json with every default (float64), rows still taken
+from a float32 sweep with that sweep's calibration in float32 -- on the same test images, and
+compares accuracy, latency, spikes and SOPs per image (to the digits the docs print). Exit status
+1 if any row drifted. A drift is printed with the machine that measured the row and this one:
+float64 rows should hold on any machine; float32 figures depend on the CPU's convolution kernels
+(rounding can flip a quantization digit), so a few test images can differ between CPUs with the
+same code and pixels. The test images' digest is printed so that a change of pixels (another JPEG
+decoder) is told apart from a change of arithmetic.
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ def _printed(row: dict) -> tuple:
 
 def check(h: dict, which: str, sweep: dict) -> tuple[bool, str]:
     row = h["t8"] if which == "t8" else h["low"]
-    opts = sweep.get("calibration_options") or dict(per_channel=False, sequential=False, bias_correction=False)
-    r = evaluate(model=h["model"], dataset=DATASETS[h["dataset"]][0], timesteps=row["timesteps"], quiet=True,
-                 calibration=sweep.get("calibration_images", 512), **opts)
+    if h["measured"] == "headline":  # the command as a user types it: every default
+        kw = {}
+    else:
+        kw = dict(sweep.get("calibration_options") or dict(per_channel=False, sequential=False, bias_correction=False),
+                  calibration=sweep.get("calibration_images", 512), precision=h["precision"])
+    r = evaluate(model=h["model"], dataset=DATASETS[h["dataset"]][0], timesteps=row["timesteps"], quiet=True, **kw)
     now = dict(accuracy=r["snn_accuracy"], latency_steps=r["latency_steps"], spikes=r["spikes"], sops=r["sops"])
     same = _printed(row) == _printed(now) and r["test_images"] == row["images"]
-    line = (f"{h['dataset']} {h['model']} T = {row['timesteps']}: published {_printed(row)}, now {_printed(now)} "
+    line = (f"{h['dataset']} {h['model']} T = {row['timesteps']} ({r['precision']}): published {_printed(row)}, "
+            f"now {_printed(now)} "
             f"on {r['test_images']:,} images (pixels sha256 {r.get('data_sha256')}) -> "
             + ("same" if same else "DRIFTED"))
     return same, line
@@ -68,7 +73,7 @@ def main() -> int:
                 continue
             same, line = check(h, which, sweep)
             ok &= same
-            machines.add(stored.get("timing", {}).get(h["model"], {}).get("machine") or stored["machine"])
+            machines.add(h["machine"])
             print(line, flush=True)
     print("all rows hold" if ok else "some rows drifted (see above)")
     print(f"measured on: {'; '.join(sorted(machines))}; checked on: {_common.machine()}")

@@ -192,3 +192,34 @@ def test_in_float64_both_engines_report_the_same_figures():
         assert fast[key] == sim[key], key
     assert fast["precision"] == "float64"
 
+
+
+def test_measurements_default_to_float64_except_where_there_is_none():
+    # float32 figures depend on the CPU's convolution kernels; evaluate and sweep measure in float64
+    # unless asked otherwise, so that the README's rows hold on any machine
+    from spikeconverter.evaluate import resolve_precision
+
+    assert resolve_precision(None, torch.device("cpu")) == "float64"
+    assert resolve_precision(None, torch.device("mps")) == "float32"
+    assert resolve_precision("float32", torch.device("cpu")) == "float32"
+    with pytest.raises(ValueError, match="MPS has no float64"):
+        resolve_precision("float64", torch.device("mps"))
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        resolve_precision("float16", torch.device("cpu"))
+    from spikeconverter.cli import build_parser
+
+    for cmd in (["evaluate"], ["sweep"]):
+        assert build_parser().parse_args(cmd).precision is None
+
+
+@needs_shipped
+def test_sweep_and_evaluate_measure_in_float64_by_default_and_agree():
+    from spikeconverter.evaluate import evaluate, sweep
+
+    kw = dict(limit=40, calibration=64, quiet=True, compile=False)
+    e = evaluate(timesteps=4, **kw)
+    s = sweep(timesteps=(4,), rate_timesteps=(8,), **kw)
+    assert e["precision"] == s["precision"] == "float64"
+    row = next(r for r in s["rows"] if r["method"] == "spikeconverter")
+    assert (row["accuracy"], row["spikes"], row["sops"]) == (e["snn_accuracy"], e["spikes"], e["sops"])
+    assert s["ann_accuracy"] == e["ann_accuracy"]

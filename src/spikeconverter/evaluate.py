@@ -30,6 +30,20 @@ COUNTING_MEMORY_BYTES = 2 * 2**30
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """The arithmetic evaluate and sweep measure in. Default (None): float64, because float32
+    convolution kernels round differently on different CPUs (and thread counts can change the
+    order of sums), which moves calibrated thresholds and flips a few of 10,000 test decisions:
+    only float64 figures are the same on every machine. MPS has no float64: float32 there."""
+    if precision is None:
+        return "float32" if device.type == "mps" else "float64"
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float64" and device.type == "mps":
+        raise ValueError("MPS has no float64: use --precision float32 (or --device cpu)")
+    return precision
+
+
 def load_model(name: str, dataset: str, checkpoint: str | None = None):
     """The model with its weights (a checkpoint file, else the shipped one) in eval mode."""
     from .checkpoint import load_weights
@@ -185,7 +199,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              limit: int | None = None, calibration: int = 512, threshold: str | None = None, phi: float = 0.5,
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
-             snn: str | None = None, device: str | None = None, precision: str = "float32",
+             snn: str | None = None, device: str | None = None, precision: str | None = None,
              energy_model: str = "default", data_free: bool = False) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
@@ -196,19 +210,20 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     (datafree.py; ``calibration`` is then unused).
     ``energy_model``: "default" (energy.py's hardware cost model, beside the operation count),
     "ops-only" (the 45 nm operation count alone), or a JSON/TOML file of energy.py parameters.
-    ``precision``: float32 (the default) or float64, the network's arithmetic. In float64 the fast
-    path and the time-stepped simulation agree digit for digit (accuracy, spikes, SOPs); in float32
-    a pre-activation that lies within rounding of a code level can round to either side, so the two
-    engines may differ in a few digits (docs/method.md, "What exact means").
+    ``precision``: the arithmetic of conversion and measurement, float64 (the default; float32 on
+    MPS, which has none) or float32 (~3x faster on a CPU). In float64 the fast path and the
+    time-stepped simulation agree digit for digit (accuracy, spikes, SOPs) and the figures are the
+    same on every machine; in float32 a pre-activation that lies within rounding of a code level can
+    round to either side, so the two engines, and two CPUs, may differ in a few digits
+    (docs/method.md, "What exact means").
     ``snn``: a network file (``snn.save``, ``spikeconverter convert/finetune --out``) to measure as it
     is, nothing converted; its model and dataset come from the file, the ANN it is compared with is
     ``checkpoint`` or the shipped one."""
     if engine not in ("fast", "simulate"):
         raise ValueError(f"--engine must be fast or simulate, got {engine!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     params = _energy_params(energy_model)  # a bad file fails before any work
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     dtype = PRECISIONS[precision]
     if snn is None and checkpoint is not None and Path(checkpoint).suffix == ".snn":
         snn, checkpoint = checkpoint, None  # a network file (convert/finetune --out) given as the checkpoint
@@ -372,7 +387,7 @@ def format_evaluate(r: dict) -> str:
         ("model / data", f"{name} / {r['dataset']} ({r['test_images']} test images; calibration: {calib})"),
         ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']}"
                    + "".join(f", {k.replace('_', ' ')}" for k, v in r.get("calibration_options", {}).items() if v)
-                   + (f", {r['precision']}" if r.get("precision", "float32") != "float32" else "") + ")"),
+                   + f", {r.get('precision', 'float32')}" + ")"),
         ("ANN accuracy", f"{r['ann_accuracy']:.2f} %"),
         ("SNN accuracy", f"{r['snn_accuracy']:.2f} %"),
         ("difference", f"{r['difference_pp']:+.2f} pp"),
@@ -410,7 +425,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
           extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False,
           per_channel=None, sequential=None, bias_correction=None, device: str | None = None,
-          progress_file=None, data_free: bool = False) -> dict:
+          progress_file=None, data_free: bool = False, precision: str | None = None) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
 
@@ -419,6 +434,8 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
 
     ``data_free``: no calibration image; 128 inputs synthesised once from the model's batch-norm
     statistics (datafree.py) calibrate every row.
+
+    ``precision``: as in evaluate() (float64 by default: the same figures on every machine).
 
     ``progress_file``: a JSON file the sweep writes after every finished row and reads when it
     starts again, so that a long sweep (hours for 224-px photos on a CPU) that is stopped resumes
@@ -434,8 +451,10 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
         _check_args(1, b, None, "spikeconverter", 0.5, "analog")
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     net, info = load_model(model, dataset, checkpoint)
-    net = net.to(resolve_device(device))
+    net = net.to(device=dev, dtype=PRECISIONS[precision])
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     rate_test = fixed_subset(test, rate_limit, seed) if rate_limit else test
     synthesised = None
@@ -450,7 +469,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     progress = _Progress(progress_file, dict(
         model=model, dataset=dataset, checkpoint=info["checkpoint"], data=getattr(test, "source", ""),
         test_images=len(test), rate_images=len(rate_test), limit=limit, rate_limit=rate_limit, seed=seed,
-        calibration="data-free" if data_free else calibration, options=options, beta=beta))
+        calibration="data-free" if data_free else calibration, options=options, beta=beta, precision=precision))
     ann_acc = progress.value("ann_accuracy", lambda: _ann_accuracy(net, test, batch_size, quiet))
     ann_acc_rate = ann_acc if rate_test is test else progress.value(
         "ann_accuracy_rate_images", lambda: _ann_accuracy(net, rate_test, batch_size, quiet))
@@ -497,6 +516,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                                              math.ceil(len(rate_test) / batch_size), quiet)):
             if not distributed.mine(i):
                 continue
+            x = x.to(PRECISIONS[precision])  # the simulator reads the graph directly
 
             def at(t, logits, counts, x=x, y=y, i=i):
                 rate.timesteps = t  # the report's latency and MAC accounting use the current T
@@ -518,7 +538,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             "image_size": info.get("image_size"),
             "ann_accuracy": ann_acc, "ann_accuracy_rate_images": ann_acc_rate, "test_images": len(test),
             "rate_images": len(rate_test), "calibration_images": 0 if data_free else len(calib),
-            "calibration_options": options, "energy_convention": ENERGY_CONVENTION,
+            "calibration_options": options, "precision": precision, "energy_convention": ENERGY_CONVENTION,
             **({"data_free": synthesised} if data_free else {}), "rows": rows}
 
 
@@ -565,7 +585,7 @@ class _Progress:
 def format_sweep(r: dict) -> str:
     head = (f"{r['model']} / {r['dataset']}: ANN {r['ann_accuracy']:.2f} % on {r['test_images']} test images"
             + (f" ({r['ann_accuracy_rate_images']:.2f} % on the {r['rate_images']} used for the rate baseline)"
-               if r["rate_images"] != r["test_images"] else ""))
+               if r["rate_images"] != r["test_images"] else "") + f"; {r.get('precision', 'float32')}")
     lines = [head, f"{'method':<26}{'T':>5}{'latency':>9}{'accuracy':>10}{'diff pp':>9}{'spikes/img':>12}"
                    f"{'SOPs/img':>14}{'energy uJ':>11}"]
     for row in r["rows"]:

@@ -158,6 +158,8 @@ def neuron_spike_counts(snn, x: torch.Tensor, return_logits: bool = False):
     simulator's max-pool computes step by step (tested). With ``return_logits``, also the twin's
     logits (same pass): (counts, logits)."""
     plan, gm = snn.plan, snn.gm
+    if (p := next(iter(gm.parameters()), None)) is not None:
+        x = x.to(device=p.device, dtype=p.dtype)  # the network's precision (the graph is run directly)
     values, zs, hooks = {}, {}, []
     for node in plan.spikers:
         def grab(mod, inp, out, node=node):
