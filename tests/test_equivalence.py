@@ -41,7 +41,9 @@ def check_identical(snn, x):
         decoded = neuron.decode(train, layer.theta, layer.beta)
         assert torch.allclose(decoded, value, rtol=1e-12, atol=1e-12)
         assert torch.equal(res.spike_counts[layer.name], train.abs().flatten(2).sum((0, 2)))
-    assert res.latency_steps == (snn.spiking_depth + 1) * snn.timesteps
+    assert res.latency_steps == snn.latency_steps
+    if snn.uniform:
+        assert snn.latency_steps == (snn.spiking_depth + 1) * snn.timesteps
     return res
 
 

@@ -95,3 +95,26 @@ def test_sweep_plot_keeps_every_point_and_line_inside_its_axes(tmp_path):
         lo, hi = ax.get_ylim()
         assert lo <= 60.0 and hi >= 93.5 and ax.get_legend() is None  # the legend sits below, not on the points
     assert drawn["fig"].legends
+
+
+def test_picture_with_per_layer_T_draws_each_layers_own_windows(tmp_path):
+    from matplotlib.patches import Rectangle
+
+    from test_per_layer_timesteps import T_BRANCHES, _two_branches
+
+    snn, x = _two_branches(T_BRANCHES)
+    fig = pipeline(snn, x[:1], tmp_path / "p.png", neurons=4)
+    sch, plan = snn.schedule, snn.plan
+    by_name = {plan.layer_name(a): a for a in plan.spikers}
+    res = snn.simulate(x[:1], record=True)
+    for name, d in fig.spike_data.items():
+        a = by_name[name]
+        assert d["generate_start"] == sch.gen_start[a]
+        T = T_BRANCHES[name]
+        assert all(sch.gen_start[a] <= t < sch.gen_start[a] + T for t in d["times"])
+        assert len(d["times"]) == int((res.spike_trains[name][:, 0].flatten(1)[:, d["neurons"]] != 0).sum())
+    ax = fig.axes[0]
+    widths = sorted(round(p.get_width()) for p in ax.patches if isinstance(p, Rectangle) and p.get_alpha())
+    # generate windows 6, 2, 4, 3; accumulate windows 6, 6, 6, 6; the output's 3
+    assert widths == sorted([6, 2, 4, 3] + [6] * 4 + [3])
+    assert ax.get_xlim()[1] >= snn.latency_steps == 27

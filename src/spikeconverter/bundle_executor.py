@@ -5,11 +5,12 @@
 Every number is a dyadic integer: an int64 array ``a`` and an exponent ``e`` standing for a * 2^-e.
 Products add exponents, sums align them (a shift), so all arithmetic is exact; int64 holds 63 bits
 (the float64 engine 53) and every sum is checked against it. The network runs as the time-stepped
-two-phase SNN: each spiking layer (in graph order) accumulates its input current for T steps
-(V <- beta V + I(t)), then generates its T spikes (V <- beta V; spike where V >= theta; V -= theta).
-Because each layer takes all T steps of its inputs before it generates, running the layers one after
-another gives the values the pipelined schedule gives (bundle.json's ``schedule`` has each layer's
-accumulate and generate windows for hardware that pipelines them). Max-pools act on the trains'
+two-phase SNN: each spiking layer (in graph order) accumulates its input current for as many steps
+as its longest input train (V <- beta V + I(t); trains start together, most significant digit
+first), then generates its own T spikes (V <- beta V; spike where V >= theta; V -= theta); T may
+differ per layer. Because each layer takes all of its inputs before it generates, running the layers
+one after another gives the values the pipelined schedule gives (bundle.json's ``schedule`` has each
+layer's accumulate and generate steps for hardware that pipelines them). Max-pools act on the trains'
 MSB-first words, step by step. Logits and per-layer spike counts equal the fixed-point engine's bit
 for bit (tests/test_export.py).
 """
@@ -282,19 +283,21 @@ class Bundle:
     # -- the network -----------------------------------------------------------------------------
     def run(self, x: np.ndarray) -> tuple[np.ndarray, dict]:
         """Logits (float64) and spikes per sample of each layer for inputs x [B, ...] (float)."""
-        T, beta = self.T, self.beta
+        beta = self.beta
         b2 = beta == 2
         ex = self.doc["input_bits"]
         xin = Dy(np.round(np.asarray(x, dtype=np.float64) * 2.0**ex).astype(np.int64), ex)
         B = xin.a.shape[0]
         analog = {self.doc["input"]: xin}
-        trains: dict = {}  # source -> int64 spikes [T, B, ...]
+        trains: dict = {}  # source -> int64 spikes [T of that source, B, ...]
         counts = {}
         logits = None
         for item in self.doc["order"]:
             kind, name = item["kind"], item["name"]
+            layer = self.doc["layers"].get(name)
+            T = layer.get("timesteps", self.T) if layer is not None else self.T  # its own code length
             if kind == "coder":  # spike-coded input: ON spikes code x+, OFF spikes x-, each a greedy train
-                layer, th = self.doc["layers"][name], self.dy(f"{name}.theta")
+                th = self.dy(f"{name}.theta")
                 v = add(xin, self.dy(f"{name}.shift")) if "shift" in layer else xin
                 off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
                 pos, neg = generate(add(v, off), th, T, b2), generate(add(Dy(-v.a, v.e), off), th, T, b2)
@@ -309,7 +312,7 @@ class Bundle:
                 reg = self.doc["pools"][name]
                 words = {s: np.zeros(trains[s].shape[1:], np.int64) for s in reg["sources"]}
                 prev, out = None, []
-                for t in range(T):
+                for t in range(max(trains[s].shape[0] for s in reg["sources"])):  # one layer's trains
                     for s in reg["sources"]:
                         words[s] = words[s] * 2 + trains[s][t]
                     pooled = self.region(reg, {s: Dy(w, 0) for s, w in words.items()}, True).a
@@ -319,28 +322,32 @@ class Bundle:
                 continue
             reg = self.doc["regions"][name]
             zeros = {s: Dy(np.zeros((B,) + tuple(self.doc["shapes"][s]), np.int64), 0) for s in reg["sources"]}
+            # accumulate for as many steps as the longest input train (trains start together, at
+            # their most significant digit); fed only by the analog input: the layer's own T
+            n = max((trains[s].shape[0] for s in reg["sources"] if s not in analog), default=T)
             v = self.region(reg, zeros, True)  # the bias map
-            layer = self.doc["layers"].get(name)
             if layer is not None:
                 if "shift" in layer:
                     v = add(v, self.dy(f"{name}.shift"))
-                if layer["phi"]:  # phi theta beta^-T, phi = 1/2
+                if layer["phi"]:  # phi theta beta^-T, phi = 1/2, at the layer's own T
                     th = self.dy(f"{name}.theta")
                     v = add(v, Dy(th.a, th.e + (T if b2 else 0) + 1))
-            v = Dy(v.a, v.e + (T if b2 else 0))  # scaled by beta^-T: T accumulate steps bring it back
-            for t in range(T):
+            v = Dy(v.a, v.e + (n if b2 else 0))  # scaled by beta^-n: n accumulate steps bring it back
+            for t in range(n):
                 vals, active = {}, False
                 for s in reg["sources"]:
                     if s in analog:
                         if t == 0:
-                            vals[s] = Dy(analog[s].a, analog[s].e + (T - 1 if b2 else 0))
+                            vals[s] = Dy(analog[s].a, analog[s].e + (n - 1 if b2 else 0))
                             active = True
                         else:
                             vals[s] = zeros[s]
-                    else:
+                    elif t < trains[s].shape[0]:
                         th = self.dy(f"{s}.theta_map")
-                        vals[s] = Dy(trains[s][t] * th.a, th.e + (T if b2 else 0))
+                        vals[s] = Dy(trains[s][t] * th.a, th.e + (n if b2 else 0))
                         active = True
+                    else:  # a shorter train has ended
+                        vals[s] = zeros[s]
                 v = Dy(v.a * 2, v.e) if b2 else v
                 if active:
                     v = add(v, self.region(reg, vals, False))

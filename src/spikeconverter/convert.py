@@ -84,7 +84,8 @@ class SpikingNetwork(nn.Module):
 
     # -- introspection -------------------------------------------------------------------------
     def extra_repr(self) -> str:
-        return (f"method={self.method}, T={self.timesteps}, layers={len(self.layers)}, "
+        T = self.timesteps if self.method == "rate" or self.uniform else f"per layer (<= {self.timesteps})"
+        return (f"method={self.method}, T={T}, layers={len(self.layers)}, "
                 f"spiking_depth={self.spiking_depth}, latency_steps={self.latency_steps}")
 
     @property
@@ -92,16 +93,37 @@ class SpikingNetwork(nn.Module):
         return self.plan.spiking_depth
 
     @property
+    def timesteps_per_layer(self) -> dict[str, int]:
+        """Each spiking layer's T (its code length), by layer name. ``timesteps`` is the longest."""
+        return {layer.name: m.timesteps for layer, m in zip(self.layers, self._spikers())}
+
+    @property
+    def uniform(self) -> bool:
+        """One T for every spiking layer."""
+        return len(set(self.timesteps_per_layer.values())) == 1
+
+    @property
+    def schedule(self):
+        """When each layer accumulates and generates (schedule.py)."""
+        from .schedule import schedule
+
+        return schedule(self.plan, {a: m.timesteps for a, m in zip(self.plan.spikers, self._spikers())})
+
+    @property
     def latency_steps(self) -> int:
-        """Steps until one input's logits are final: (L+1)*T two-phase; T for the rate baseline."""
+        """Steps until one input's logits are final: (L+1)*T two-phase with one T (per-layer T: the
+        longest path through the schedule); T for the rate baseline."""
         if self.method == "rate":
             return self.timesteps
-        return (self.spiking_depth + 1) * self.timesteps
+        return self.schedule.latency
 
     @property
     def steps_per_input(self) -> int:
-        """Pipelined throughput: a new input every T steps (rate: every T steps, no pipelining)."""
-        return self.timesteps
+        """Pipelined throughput: a new input every T steps (per-layer T: every max_l T_l steps; rate:
+        every T steps, no pipelining)."""
+        if self.method == "rate":
+            return self.timesteps
+        return self.schedule.period
 
     @property
     def betas(self) -> dict[int, float]:
@@ -109,6 +131,10 @@ class SpikingNetwork(nn.Module):
 
     def _acts(self) -> list[SpikeActivation]:
         return [m for m in self.gm.modules() if isinstance(m, SpikeActivation)]
+
+    def _spikers(self) -> list[SpikeActivation]:
+        """The spiking layers' modules (and the input coder's) in the order of ``self.layers``."""
+        return [self.gm.get_submodule(a.target) for a in self.plan.spikers]
 
     def _set_mode(self, mode: str) -> None:
         for m in self._acts():
@@ -252,9 +278,19 @@ def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_poi
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if fixed_point and method != "spikeconverter":
         raise ValueError("fixed_point applies to the two-phase method, not the rate baseline")
-    check_params(None, 2.0 if beta == "search" else beta, timesteps, phi)
-    if method == "spikeconverter":
-        check_code_length(timesteps)
+    if isinstance(timesteps, (dict, list, tuple)):  # per layer: each value checked, names after tracing
+        if method != "spikeconverter":
+            raise ValueError("time steps per layer apply to the two-phase method; the rate baseline runs all "
+                             "layers together for one T")
+        values = list(timesteps.values() if isinstance(timesteps, dict) else timesteps)
+        if not values:
+            raise ValueError("timesteps per layer: got an empty " + type(timesteps).__name__)
+    else:
+        values = [timesteps]
+    for T in values:
+        check_params(None, 2.0 if beta == "search" else beta, T, phi)
+        if method == "spikeconverter":
+            check_code_length(T)
     if beta != "search" and not isinstance(beta, (int, float)):
         raise ValueError(f"beta must be a number in [1, 2] or 'search', got {beta!r}")
     if input_coding not in ("analog", "spike"):
@@ -454,6 +490,27 @@ def _observe(plan: GraphPlan, mods: dict, calibration, progress: bool) -> tuple[
     return first["shape"], {a: math.prod(shapes[m]) for a, m in mods.items() if m in shapes}
 
 
+def layer_timesteps(plan: GraphPlan, timesteps) -> dict:
+    """Per spiking node (layers, the input coder) its T, from one T for all, a dict {layer name: T}
+    naming every spiking layer, or a list in layer order (``snn.layers``)."""
+    spikers = plan.spikers
+    names = {plan.gm.get_submodule(a.target).layer_name: a for a in spikers}
+    if isinstance(timesteps, dict):
+        unknown = [k for k in timesteps if k not in names]
+        missing = [k for k in names if k not in timesteps]
+        if unknown or missing:
+            raise ValueError("timesteps per layer must name every spiking layer once"
+                             + (f"; not layers of this model: {unknown}" if unknown else "")
+                             + (f"; missing: {missing}" if missing else "") + f" (its layers: {list(names)})")
+        return {names[k]: int(v) for k, v in timesteps.items()}
+    if isinstance(timesteps, (list, tuple)):
+        if len(timesteps) != len(spikers):
+            raise ValueError(f"timesteps per layer: {len(timesteps)} values for {len(spikers)} spiking layers "
+                             f"({list(names)})")
+        return {a: int(t) for a, t in zip(spikers, timesteps)}
+    return {a: int(timesteps) for a in spikers}
+
+
 def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi) -> dict:
     """Per spiking layer (theta, beta, calibration error): per layer for the rate baseline; per
     beta group (layers that must share beta) for ours, trying each candidate beta with "search"."""
@@ -471,7 +528,7 @@ def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi
         cands = BETA_CANDIDATES if beta == "search" else (float(beta),)
         best = None
         for b in cands:
-            res = {a: choose_threshold(mods[a].observer, caps[a], threshold, b, timesteps, phi) for a in members}
+            res = {a: choose_threshold(mods[a].observer, caps[a], threshold, b, timesteps[a], phi) for a in members}
             total = sum(err for _, err in res.values())
             if best is None or total < best[0]:
                 best = (total, b, res)
@@ -568,7 +625,7 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
     neurons = {a: math.prod(shapes[m]) for a, m in mods.items() if m in shapes}
 
     def choose(a, obs, b, shift=None):
-        return choose_channel_thresholds(obs, caps[a], threshold, b, timesteps, phi, shift=shift,
+        return choose_channel_thresholds(obs, caps[a], threshold, b, timesteps[a], phi, shift=shift,
                                          per_channel=per_channel and a not in mixed)
 
     groups = _beta_groups(plan)
@@ -588,7 +645,7 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
         dev = _device(gm)
         m.theta = _channel_shape(theta, shape).to(device=dev, dtype=dtype) if torch.is_tensor(theta) else theta
         m.shift = None if shift is None else _channel_shape(shift, shape).to(device=dev, dtype=dtype)
-        m.beta, m.timesteps, m.phi = betas[a], timesteps, phi
+        m.beta, m.timesteps, m.phi = betas[a], timesteps[a], phi
 
     chosen = {}
     if not sequential and not bias_correction:
@@ -653,7 +710,10 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             "data-free": no images, the calibration inputs are synthesised from the model's batch-norm
             statistics (datafree.py; needs ``input_shape``, one sample's shape, and BN layers;
             ``data_free_images``, ``data_free_steps`` and ``seed`` set the synthesis).
-        timesteps: T, steps per phase (two-phase) or simulation steps (rate).
+        timesteps: T, steps per phase (two-phase) or simulation steps (rate). Two-phase also per
+            layer: a dict {layer name: T} naming every spiking layer, or a list in layer order
+            (``snn.layers``); each layer quantizes to its own T-step code and generates for T steps,
+            and the end-to-end latency is the longest path through that schedule (schedule.py).
         beta: growth factor in [1, 2] (2: binary code, 1: burst code), or "search".
         threshold: "mse" (default for spikeconverter), "max", or "percentile:P"
             (default "percentile:99.99" for the rate baseline).
@@ -699,18 +759,20 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
     plan = prepare(model, input_coding, peek.example)
     calibration = peek.calibration
     _check_leaky(plan, method, fixed_point)
+    per_layer = layer_timesteps(plan, timesteps)
+    timesteps = max(per_layer.values())  # the network's period: a new input every max_l T_l steps
     gm = plan.gm
     mods = {a: gm.get_submodule(a.target) for a in plan.spikers}
     if staged:
         input_shape, neurons, chosen = _calibrate_staged(
-            plan, mods, calibration, threshold, beta, timesteps, phi,
+            plan, mods, calibration, threshold, beta, per_layer, phi,
             per_channel=per_channel, sequential=sequential, bias_correction=bias_correction, progress=progress)
     else:
         input_shape, neurons = _observe(plan, mods, calibration, progress)
-        chosen = _choose(plan, mods, method, threshold, beta, timesteps, phi)
+        chosen = _choose(plan, mods, method, threshold, beta, per_layer, phi)
         for a in plan.spikers:
             m = mods[a]
-            m.theta, m.beta, m.timesteps = chosen[a][0], chosen[a][1], timesteps
+            m.theta, m.beta, m.timesteps = chosen[a][0], chosen[a][1], per_layer[a]
             m.phi = phi if method == "spikeconverter" else 0.0
     groups = _beta_groups(plan)
 
@@ -729,7 +791,7 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         from . import fixed_point as fx_point
 
         snn.double()
-        snn.exact_bounds = fx_point.apply(plan, timesteps, input_shape)
+        snn.exact_bounds = fx_point.apply(plan, input_shape)
         for info, a in zip(layers, plan.spikers):
             info.theta = gm.get_submodule(a.target).theta
     return snn

@@ -29,6 +29,7 @@ from . import ops
 from .activation import SpikeActivation
 from .neuron import accumulate, generate, generate_step, if_step, initial_potential
 from .plan import GraphPlan, Region, node_shapes, run_region
+from .schedule import schedule
 
 
 @dataclass
@@ -136,6 +137,7 @@ class TwoPhaseSimulator:
         self.sinks = list(plan.activations) + [plan.output]
         self.acc_beta = {s: self._accumulate_beta(s) for s in self.sinks}
         self.train_pools = [p for p in plan.pools if not plan.is_analog(p)]
+        self.schedule = schedule(plan, {n: a.timesteps for n, a in self.act.items()})
 
     def _accumulate_beta(self, sink) -> float:
         roots = {r for s in self.plan.regions[sink].sources for r in self.plan.roots(s)}
@@ -173,11 +175,14 @@ class TwoPhaseSimulator:
     def run(self, x: torch.Tensor, record: bool = False, stream: bool = False,
             neuron_counts: bool = False, events: bool = False) -> SimulationResult:
         """``events``: also count neuron updates (every potential each accumulate or generate step
-        changes, per input) into ``result.extra["neuron_updates"]`` (the energy model's count)."""
-        plan, gm = self.plan, self.gm
-        T = next(iter(self.act.values())).timesteps
+        changes, per input) into ``result.extra["neuron_updates"]`` (the energy model's count).
+
+        One clock for all layers (schedule.py): at each step, first every source that is in its
+        generate phase emits its digit (layers, then the max-pools of their trains, in graph
+        order), then every sink in its accumulate phase takes the digits of that step."""
+        plan, gm, sch = self.plan, self.gm, self.schedule
         slots = [x[n : n + 1] for n in range(len(x))] if stream else [x]
-        N, L = len(slots), plan.spiking_depth
+        N, P = len(slots), sch.period
         B = slots[0].shape[0]
         dtype = x.dtype
 
@@ -191,104 +196,92 @@ class TwoPhaseSimulator:
         v_acc: dict = {}
         v_gen: dict = {}
         v_off: dict = {}  # leaky layers: the OFF population's potential
-        trains: dict = defaultdict(dict)  # train source -> window -> spikes [T, B, ...]
+        trains: dict = defaultdict(dict)  # train source -> input -> its digits so far (a list)
         counts = {a: torch.zeros(B * N, dtype=dtype, device=x.device) for a in self.act}
         updates = 0  # neuron updates (potentials stepped), all inputs together
-        recorded: dict = {}
         per_neuron: dict = {}
         logits: list = [None] * N
-        consumers = self.sinks + self.train_pools
-        max_delay = max((plan.delay(c, src) for c in consumers
-                         for src in (plan.regions[c] if c in plan.regions else plan.pools[c]).sources), default=0)
-        gen_nodes = [n for n in gm.graph.nodes if (n in self.act and n is not self.coder) or n in pools]
+        gen_nodes = [n for n in gm.graph.nodes if n in sch.gen_start]
+        consumers = defaultdict(list)
+        for c in self.sinks + self.train_pools:
+            for src in (plan.regions[c] if c in plan.regions else plan.pools[c]).sources:
+                consumers[src].append(c)
+        last_read = {src: sch.last_read(src, consumers[src]) for src in gen_nodes}
 
-        for g in range(N + L):
-            self._open_window(g, N, T, bias, v_acc)
-            for p in pools.values():
-                p.reset()
-            if self.coder is not None and g < N:
-                trains[self.coder][g] = self._code_input(slots[g], T)
-            step_spikes: dict = defaultdict(list)
-            for t in range(T):
-                cur = {}
-                if self.coder is not None and g < N:
-                    cur[self.coder] = trains[self.coder][g][t]
-                # (1) generation: layers emit, max-pools forward their winners (topological order)
-                for n in gen_nodes:
-                    if not plan.depth[n] <= g < plan.depth[n] + N:
-                        continue
-                    if n in self.act:
-                        a = self.act[n]
-                        v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
-                        updates += v_gen[n].numel() * (2 if a.leaky else 1)
-                        cur[n] = s.to(dtype)
-                        if a.leaky:  # the OFF population fires beside it; the train is ON - OFF (never both)
-                            v_off[n], s_off = generate_step(v_off[n], a.theta, a.beta)
-                            cur[n] = cur[n] - s_off.to(dtype)
-                    else:
-                        ins = {src: self._spikes(n, src, g, t, cur, trains) for src in plan.pools[n].sources}
-                        cur[n] = pools[n].step({src: (zeros[src] if s is None else s) for src, s in ins.items()})
-                for n, s in cur.items():
-                    step_spikes[n].append(s)
-                # (2) accumulation: every sink takes this step's (possibly delayed) trains
-                for s in self.sinks:
-                    if s not in v_acc:
-                        continue
-                    x_in = slots[g - plan.accumulate_window[s]]
-                    current = self._current(s, g, t, T, cur, trains, x_in, zeros, theta)
-                    v_acc[s] = accumulate(v_acc[s], 0.0 if current is None else current, self.acc_beta[s])
-                    updates += v_acc[s].numel() * (2 if s in self.act and self.act[s].leaky else 1)
-            # end of window
-            for n, seq in step_spikes.items():
-                trains[n][g] = torch.stack(seq)
+        for step in range((N - 1) * P + sch.latency):
+            # (1) generation: the coder sends its train, layers emit, max-pools forward their winners
+            for n in gen_nodes:
+                i, k = divmod(step - sch.gen_start[n], P)
+                if not (0 <= i < N and k < sch.code_length[n]):
+                    continue
+                if n is self.coder:
+                    if k == 0:
+                        trains[n][i] = list(self._code_input(slots[i], sch.code_length[n]))
+                    s = trains[n][i][k]
+                elif n in self.act:
+                    a = self.act[n]
+                    v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
+                    updates += v_gen[n].numel() * (2 if a.leaky else 1)
+                    s = s.to(dtype)
+                    if a.leaky:  # the OFF population fires beside it; the train is ON - OFF (never both)
+                        v_off[n], s_off = generate_step(v_off[n], a.theta, a.beta)
+                        s = s - s_off.to(dtype)
+                else:
+                    if k == 0:
+                        pools[n].reset()
+                    s = pools[n].step({src: trains[src][i][k] for src in plan.pools[n].sources})
+                if n is not self.coder:
+                    trains[n].setdefault(i, []).append(s)
+                if n in self.act:
+                    counts[n][i * B : (i + 1) * B] += s.abs().flatten(1).sum(1)
                 if neuron_counts and not stream:
-                    per_neuron[n] = per_neuron.get(n, 0) + trains[n][g].abs().sum(0)
-            for a in self.act:
-                if g in trains.get(a, {}):
-                    n_out = g - plan.depth[a]
-                    counts[a][n_out * B : (n_out + 1) * B] += trains[a][g].abs().flatten(2).sum((0, 2))
-                    if record and not stream:
-                        recorded[a] = trains[a][g]
-            for s in self.sinks:
-                if s in v_acc:
-                    if s is plan.output:
-                        logits[g - plan.accumulate_window[s]] = v_acc[s]
+                    per_neuron[n] = per_neuron.get(n, 0) + s.abs()
+            # (2) accumulation: every sink in its accumulate phase takes this step's digits
+            for sk in self.sinks:
+                i, k = divmod(step - sch.acc_start[sk], P)
+                length = sch.acc_length[sk]
+                if not (0 <= i < N and k < length):
+                    continue
+                if k == 0:
+                    v_acc[sk] = self._initial(sk, bias[sk], length)
+                current = self._current(sk, i, k, length, trains, slots[i], zeros, theta)
+                v_acc[sk] = accumulate(v_acc[sk], 0.0 if current is None else current, self.acc_beta[sk])
+                updates += v_acc[sk].numel() * (2 if sk in self.act and self.act[sk].leaky else 1)
+                if k == length - 1:  # accumulated: the output's logits, or the potential that generates
+                    v = v_acc.pop(sk)
+                    if sk is plan.output:
+                        logits[i] = v
                     else:
-                        v_gen[s] = v_acc[s]
-                        if self.act[s].leaky:
-                            v_off[s] = self._off_potential(self.act[s], v_acc[s], T)
-            for src in list(trains):
-                for w in [w for w in trains[src] if w < g - max_delay]:
-                    del trains[src][w]
+                        v_gen[sk] = v
+                        if self.act[sk].leaky:
+                            v_off[sk] = self._off_potential(self.act[sk], v, sch.code_length[sk])
+            for src in gen_nodes:  # trains no consumer reads any more
+                for i in [i for i in trains[src] if step >= last_read[src] + i * P and not (record and i == 0)]:
+                    del trains[src][i]
 
         names = {a: plan.layer_name(a) for a in self.act}
+        recorded = {a: torch.stack(trains[a][0]) for a in self.act if 0 in trains[a]} if record and not stream else {}
         # a head that squeezes the batch axis (x.squeeze()) drops it for one-input slots: stack them
         joined = torch.cat(logits) if logits[0].ndim and (not stream or logits[0].shape[0] == 1) else torch.stack(logits)
         return SimulationResult(
             logits=joined,
             spike_counts={names[a]: counts[a] for a in self.act},
             spike_trains={names[a]: recorded[a] for a in recorded} if record and not stream else None,
-            latency_steps=(L + 1) * T,
-            timesteps=T,
-            total_steps=(N + L) * T,
+            latency_steps=sch.latency,
+            timesteps=P,
+            total_steps=(N - 1) * P + sch.latency,
             extra={**({"neuron_counts": per_neuron} if neuron_counts else {}),
                    **({"neuron_updates": updates // (B * N)} if events else {})},
         )
 
-    def _open_window(self, g, N, T, bias, v_acc) -> None:
-        """Start of window g: fresh accumulators (bias and offset as the initial potential, scaled
-        by beta^-T so that T accumulate steps bring them to full size) for the inputs that arrive."""
-        plan = self.plan
-        for s in self.sinks:
-            n = g - plan.accumulate_window[s]
-            if not 0 <= n < N:
-                v_acc.pop(s, None)
-                continue
-            init = bias[s]
-            if s in self.act:
-                a = self.act[s]
-                init = initial_potential(a.potential(init), a.theta, a.beta, T, a.phi)
-            v_acc[s] = init * self.acc_beta[s] ** (-T)  # a fresh tensor, shaped as one slot's batch
+    def _initial(self, sink, bias, length):
+        """A fresh accumulator: bias and offset as the initial potential, scaled by beta^-length so
+        that ``length`` accumulate steps bring them to full size."""
+        init = bias
+        if sink in self.act:
+            a = self.act[sink]
+            init = initial_potential(a.potential(init), a.theta, a.beta, a.timesteps, a.phi)
+        return init * self.acc_beta[sink] ** (-length)  # a fresh tensor, shaped as one slot's batch
 
     @staticmethod
     def _off_potential(a, v, T):
@@ -297,15 +290,6 @@ class TwoPhaseSimulator:
         offset = initial_potential(torch.zeros_like(v), a.theta, a.beta, T, a.phi)
         return a.off_input(v - offset) + offset
 
-    def _spikes(self, consumer, src, g, t, cur, trains):
-        """Source ``src``'s spikes at step t of window g as ``consumer`` receives them (delayed by
-        whole windows where the source is shallower), or None if it sends nothing then."""
-        w = g - self.plan.delay(consumer, src)
-        if w == g:
-            return cur.get(src)
-        window = trains.get(src, {}).get(w)
-        return None if window is None else window[t]
-
     def _code_input(self, x, T):
         a = self.act[self.coder]
         x = a.potential(x)
@@ -313,24 +297,27 @@ class TwoPhaseSimulator:
         neg, _ = generate(initial_potential(-x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
         return pos - neg
 
-    def _current(self, sink, g, t, T, cur, trains, x_in, zeros, theta):
+    def _current(self, sink, i, k, length, trains, x_in, zeros, theta):
+        """Sink's input current at step k of its accumulation of input i: every source's digit k
+        (nothing once a shorter train has ended), scaled by theta * beta^-length; the analog input
+        once, at the first step."""
         plan = self.plan
         region = plan.regions[sink]
         beta = self.acc_beta[sink]
         values, active = {}, False
         for src in region.sources:
             if plan.is_analog(src):  # sent once, at the first accumulate step
-                if t == 0:
-                    values[src] = self._analog(src, x_in) * beta ** (-(T - 1))
+                if k == 0:
+                    values[src] = self._analog(src, x_in) * beta ** (-(length - 1))
                     active = True
                 else:
                     values[src] = zeros[src]
                 continue
-            s = self._spikes(sink, src, g, t, cur, trains)
-            if s is None:
+            digits = trains[src].get(i, [])
+            if k >= len(digits):
                 values[src] = zeros[src]
                 continue
-            values[src] = s * (theta[src] * beta ** (-T))
+            values[src] = digits[k] * (theta[src] * beta ** (-length))
             active = True
         if not active:
             return None

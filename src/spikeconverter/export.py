@@ -113,7 +113,7 @@ def export(snn, directory) -> Path:
     for a, m in acts.items():
         put(f"{a.name}.theta", m.theta if torch.is_tensor(m.theta) else torch.tensor(m.theta))
         put(f"{a.name}.theta_map", theta_maps[a])
-        rec = {"layer_name": m.layer_name, "phi": float(m.phi), "depth": plan.depth[a],
+        rec = {"layer_name": m.layer_name, "phi": float(m.phi), "timesteps": int(m.timesteps), "depth": plan.depth[a],
                "accumulate_window": plan.accumulate_window.get(a), "per_channel": m.per_channel,
                "signed": bool(m.signed)}
         if m.shift is not None:
@@ -127,6 +127,7 @@ def export(snn, directory) -> Path:
     def region(r):
         return {"sources": [s.name for s in r.sources], "nodes": [n.name for n in r.nodes], "value": r.value.name}
 
+    sch = snn.schedule
     order = [{"kind": "coder", "name": plan.coder.name}] if plan.coder is not None else []
     for n in gm.graph.nodes:
         if n in plan.pools:
@@ -141,10 +142,11 @@ def export(snn, directory) -> Path:
         "pools": {p.name: region(r) for p, r in plan.pools.items()},
         "layers": layers, "order": order,
         "schedule": {"spiking_depth": plan.spiking_depth, "latency_steps": snn.latency_steps,
-                     "steps_per_input": snn.timesteps,
-                     "windows": {a.name: {"accumulate": plan.accumulate_window.get(a), "generate": plan.depth[a]}
-                                 for a in plan.spikers},
-                     "output_accumulate": plan.accumulate_window[plan.output]},
+                     "steps_per_input": snn.steps_per_input,
+                     "steps": {a.name: {"accumulate_start": sch.acc_start.get(a), "accumulate_length": sch.acc_length.get(a),
+                                        "generate_start": sch.gen_start[a], "generate_length": sch.code_length[a]}
+                               for a in plan.spikers},
+                     "output_accumulate": [sch.acc_start[plan.output], sch.acc_length[plan.output]]},
         "bounds": [list(b) for b in snn.exact_bounds],
     }
     (directory / "bundle.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -114,7 +114,7 @@ def _row_abs_sum_max(mod: nn.Module) -> float:
     return float(w.flatten(1).sum(1).max())
 
 
-def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int, float, float]]:
+def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]:
     """Round the converted network in place. Returns, per spiking layer and the output, (E, c, k):
     every partial sum of its potential is a multiple of 2^-E and at most c + k * max|x| in size
     (x the analog input), which ``check_bounds`` compares with the exact range of float64."""
@@ -133,7 +133,7 @@ def apply(plan: GraphPlan, timesteps: int, input_shape: tuple) -> list[tuple[int
         else:
             t, f = round_significant(torch.tensor([m.theta], dtype=torch.float64), THETA_BITS)
             m.theta = float(t)
-        grid[a] = f + timesteps + 1  # code step theta 2^-T, and the offset phi theta 2^-T (phi = 1/2)
+        grid[a] = f + m.timesteps + 1  # code step theta 2^-T, and the offset phi theta 2^-T (phi = 1/2)
     grid[plan.input] = INPUT_BITS
     for p in gm.graph.nodes:
         if p in plan.pools:

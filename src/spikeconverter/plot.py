@@ -82,10 +82,17 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
     rate = snn.method == "rate"
     T = snn.timesteps
     L = snn.spiking_depth
-    layers = sorted(snn.layers, key=lambda la: (la.depth, snn.layers.index(la)))
+    uniform = rate or snn.uniform
+    # when each layer accumulates and generates (schedule.py; with one T: windows of T steps)
+    if not rate:
+        sch = snn.schedule
+        node = {snn.plan.layer_name(a): a for a in snn.plan.spikers}
+        steps = {name: (sch.acc_start.get(a), sch.acc_length.get(a), sch.gen_start[a], sch.code_length[a])
+                 for name, a in node.items()}
+    layers = sorted(snn.layers, key=lambda la: (steps[la.name][2] if not rate else la.depth, snn.layers.index(la)))
     n_layers = len(layers)
     k = neurons or (12 if n_layers <= 24 else 8)
-    total_steps = T if rate else (L + 1) * T
+    total_steps = T if rate else snn.latency_steps
 
     band = k + 3  # rows of one band, with a gap
     n_bands = n_layers + (0 if rate else 1)  # + the output layer, which only accumulates
@@ -101,11 +108,10 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
         if rate:
             gen0, acc = 0, None
         else:
-            gen0 = la.depth * T
-            acc = (la.depth - 1) * T if la.depth > 0 else None
-            if acc is not None:
-                ax.add_patch(plt.Rectangle((acc, y0 - 0.5), T, k, color="tab:blue", alpha=WINDOW_ALPHA, lw=0))
-            ax.add_patch(plt.Rectangle((gen0, y0 - 0.5), T, k, color="tab:orange", alpha=WINDOW_ALPHA, lw=0))
+            acc, acc_len, gen0, gen_len = steps[la.name]
+            if acc is not None:  # not the input coder, which only sends
+                ax.add_patch(plt.Rectangle((acc, y0 - 0.5), acc_len, k, color="tab:blue", alpha=WINDOW_ALPHA, lw=0))
+            ax.add_patch(plt.Rectangle((gen0, y0 - 0.5), gen_len, k, color="tab:orange", alpha=WINDOW_ALPHA, lw=0))
         sub = train[:, rows]
         t_idx, r_idx = (sub != 0).nonzero(as_tuple=True)
         times = gen0 + t_idx.double() + 0.5
@@ -121,16 +127,18 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
         axt.errorbar(mean, y0 + (k - 1) / 2, xerr=[[mean - lo], [hi - mean]], fmt="o", ms=3, color="tab:purple",
                      capsize=2, lw=0.8)
     if not rate:
-        ax.add_patch(plt.Rectangle((L * T, -0.5), T, k, color="tab:blue", alpha=WINDOW_ALPHA, lw=0))
-        ax.text(L * T + T / 2, (k - 1) / 2, "logits", ha="center", va="center", fontsize=7, color="tab:blue")
+        out0, out_len = sch.acc_start[snn.plan.output], sch.acc_length[snn.plan.output]
+        ax.add_patch(plt.Rectangle((out0, -0.5), out_len, k, color="tab:blue", alpha=WINDOW_ALPHA, lw=0))
+        ax.text(out0 + out_len / 2, (k - 1) / 2, "logits", ha="center", va="center", fontsize=7, color="tab:blue")
         yticks.append((k - 1) / 2)
         ylabels.append("output (accumulates)")
         ax.axvline(total_steps, color="tab:red", lw=1.2)
         # at the bottom, beside the output's window: the top right holds the close-up
-        ax.text(total_steps, band * 1.5, f" latency\n (L+1)T\n = {total_steps}", color="tab:red", va="bottom",
-                fontsize=8)
-        for w in range(L + 2):
-            ax.axvline(w * T, color="k", lw=0.3, alpha=0.3)
+        ax.text(total_steps, band * 1.5, f" latency\n {'(L+1)T' if uniform else 'longest path'}\n = {total_steps}",
+                color="tab:red", va="bottom", fontsize=8)
+        if uniform:
+            for w in range(L + 2):
+                ax.axvline(w * T, color="k", lw=0.3, alpha=0.3)
     ax.set_xlim(0, total_steps * (1.1 if not rate else 1.0))
     ax.set_ylim(-2, n_bands * band)
     ax.set_yticks(yticks)
@@ -150,13 +158,14 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
     if title is None:
         kind = ("rate-coded IF baseline: every layer fires over the same T steps" if rate else
                 "two-phase pipeline: accumulate (blue) then generate (orange), most significant spike first")
-        title = (f"{kind}\nT = {T}, {n_layers} spiking layers (depth L = {L}); raster: {k} neurons per layer "
+        Ts = "" if uniform else f" (per layer {min(snn.timesteps_per_layer.values())}-{T})"
+        title = (f"{kind}\nT = {T}{Ts}, {n_layers} spiking layers (depth L = {L}); raster: {k} neurons per layer "
                  "(a random sample of those that spiked, sorted by the value they code)")
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.12, right=0.98, top=1 - 0.75 / height, bottom=0.85 / height)
     if not rate and layers:
         fig.close_up = _close_up(ax, layers[0].name, res.spike_trains[layers[0].name][:, 0].flatten(1),
-                                 data[layers[0].name]["neurons"], T, snn.layers[0].beta)
+                                 data[layers[0].name]["neurons"], steps[layers[0].name][3], layers[0].beta)
     fig.spike_data = data
     fig.spike_counts = {k_: float(v.sum()) for k_, v in res.spike_counts.items()}
     if path is not None:

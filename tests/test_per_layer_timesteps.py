@@ -1,0 +1,181 @@
+"""Time steps per layer: each spiking layer codes with its own T; the schedule aligns trains of
+different lengths at their most significant digit, and the SNN stays the quantized ANN, digit for
+digit (float64), in fixed point, streamed, saved and exported."""
+
+import pytest
+import torch
+from torch import nn
+
+import spikeconverter as sc
+from spikeconverter.bundle_executor import Bundle
+from test_fixed_point import assert_bit_exact
+
+from nets import NETS, make
+from test_equivalence import check_identical
+
+
+def _mixed(snn_layers: int, seed: int, low: int = 2, high: int = 7) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return [int(t) for t in torch.randint(low, high + 1, (snn_layers,), generator=g)]
+
+
+def _layers(model, shape, **kw) -> int:
+    return len(sc.convert(model, torch.randn((4,) + shape, dtype=torch.float64), timesteps=2, **kw).layers)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_T_simulation_equals_quantized_ann(name, seed):
+    model, shape = make(name)
+    g = torch.Generator().manual_seed(seed)
+    Ts = _mixed(_layers(model, shape), seed)
+    snn = sc.convert(model, torch.randn((32,) + shape, generator=g, dtype=torch.float64), timesteps=Ts)
+    assert list(snn.timesteps_per_layer.values()) == Ts and snn.timesteps == max(Ts)
+    res = check_identical(snn, torch.randn((3,) + shape, generator=g, dtype=torch.float64))
+    for layer, T in zip(snn.layers, Ts):
+        assert res.spike_trains[layer.name].shape[0] == T  # each layer's train has its own length
+    assert sum(c.sum() for c in res.spike_counts.values()) > 0
+
+
+class TwoBranches(nn.Module):
+    """A residual sum whose two inputs have different T, a concat of two different T and a max-pool
+    over one of them: r3 takes r2 (T = 2) and the shortcut r1 (T = 6); r4 takes pool(r3) (T = 4)
+    concatenated with pool(r1) (T = 6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = (nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1),
+                                     nn.Conv2d(6, 6, 3, padding=1))
+        self.r1, self.r2, self.r3, self.r4 = nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.c4 = nn.Conv2d(12, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        a = self.r1(self.c1(x))
+        c = self.r3(self.c3(self.r2(self.c2(a))) + a)
+        e = self.r4(self.c4(torch.cat([self.pool(c), self.pool(a)], 1)))
+        return self.fc(e.flatten(1))
+
+
+def _two_branches(timesteps, **kw):
+    torch.manual_seed(3)
+    model = TwoBranches().double().eval()
+    g = torch.Generator().manual_seed(3)
+    snn = sc.convert(model, torch.randn(32, 3, 8, 8, generator=g, dtype=torch.float64), timesteps=timesteps, **kw)
+    return snn, torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+
+
+T_BRANCHES = {"r1": 6, "r2": 2, "r3": 4, "r4": 3}
+
+
+def test_schedule_of_a_residual_and_a_concat_of_different_T():
+    snn, x = _two_branches(T_BRANCHES)
+    sch, plan = snn.schedule, snn.plan
+    by_name = {plan.layer_name(a): a for a in plan.spikers}
+    r1, r2, r3, r4 = (by_name[k] for k in ("r1", "r2", "r3", "r4"))
+    # r1 accumulates the analog input for its own 6 steps, then generates 6 digits
+    assert (sch.acc_start[r1], sch.acc_length[r1], sch.gen_start[r1], sch.code_length[r1]) == (0, 6, 6, 6)
+    # r2 takes r1's 6-step train, generates 2
+    assert (sch.acc_start[r2], sch.acc_length[r2], sch.gen_start[r2]) == (6, 6, 12)
+    # r3 sums r2 (2 steps, from 12) and the shortcut r1 (6 steps, from 6, waiting 6 steps):
+    # aligned at step 12, accumulated for the longer, 6
+    assert (sch.acc_start[r3], sch.acc_length[r3], sch.gen_start[r3]) == (12, 6, 18)
+    assert sch.reads_at(r3, r1) == 6 and sch.reads_at(r3, r2) == 0
+    # r4: a concat of pool(r3) (4 steps from 18) and pool(r1) (6 steps, waiting 12)
+    assert (sch.acc_start[r4], sch.acc_length[r4], sch.gen_start[r4]) == (18, 6, 24)
+    assert (sch.acc_start[plan.output], sch.acc_length[plan.output]) == (24, 3)
+    assert snn.latency_steps == sch.latency == 27 and snn.steps_per_input == 6
+    res = check_identical(snn, x)
+    assert res.latency_steps == 27
+
+
+def test_mixed_T_streaming_equals_one_at_a_time():
+    snn, x = _two_branches(T_BRANCHES)
+    xs = torch.cat([x, -x[:1]])
+    streamed = snn.simulate(xs, stream=True)
+    alone = [snn.simulate(xs[i : i + 1]) for i in range(len(xs))]
+    assert torch.equal(streamed.logits, torch.cat([a.logits for a in alone]))
+    for layer in snn.layers:
+        assert torch.equal(streamed.spike_counts[layer.name], torch.cat([a.spike_counts[layer.name] for a in alone]))
+    # a new input every max T steps; the last one's logits after one more latency
+    assert streamed.total_steps == (len(xs) - 1) * 6 + 27
+
+
+@pytest.mark.parametrize("name", ["resnet_block", "concat", "vgg_maxpool"])
+def test_mixed_T_streaming_on_the_suite(name):
+    model, shape = make(name, seed=5)
+    g = torch.Generator().manual_seed(4)
+    Ts = _mixed(_layers(model, shape), 7)
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=Ts)
+    xs = torch.randn((4,) + shape, generator=g, dtype=torch.float64)
+    streamed = snn.simulate(xs, stream=True)
+    assert torch.equal(streamed.logits, torch.cat([snn.simulate(xs[i : i + 1]).logits for i in range(len(xs))]))
+
+
+def test_uniform_T_given_per_layer_is_uniform_T():
+    snn4, x = _two_branches(4)
+    per_layer, _ = _two_branches([4] * len(snn4.layers))
+    assert per_layer.uniform and per_layer.latency_steps == snn4.latency_steps == (snn4.spiking_depth + 1) * 4
+    assert torch.equal(per_layer(x), snn4(x))
+    assert torch.equal(per_layer.simulate(x).logits, snn4.simulate(x).logits)
+
+
+def test_latency_is_the_longest_path_of_accumulate_lengths():
+    uniform, _ = _two_branches(4)
+    assert uniform.latency_steps == 20
+    # the output accumulates r4's train: two steps fewer there are two steps less latency
+    assert _two_branches({"r1": 4, "r2": 4, "r3": 4, "r4": 2})[0].latency_steps == 18
+    # r3 sums r2 with the shortcut from r1 and accumulates the longer of the two trains: a shorter
+    # r2 alone saves nothing; r1 shorter shortens r2's, r3's and r4's accumulation
+    assert _two_branches({"r1": 4, "r2": 2, "r3": 4, "r4": 4})[0].latency_steps == 20
+    assert _two_branches({"r1": 2, "r2": 2, "r3": 4, "r4": 4})[0].latency_steps == 2 + 2 + 2 + 4 + 4
+
+
+def test_mixed_T_save_load(tmp_path):
+    snn, x = _two_branches(T_BRANCHES)
+    snn.save(tmp_path / "net.snn")
+    back = sc.load(tmp_path / "net.snn")
+    assert back.timesteps_per_layer == snn.timesteps_per_layer == T_BRANCHES
+    assert back.latency_steps == 27 and back.steps_per_input == 6
+    assert torch.equal(back(x), snn(x))
+    a, b = snn.simulate(x, record=True), back.simulate(x, record=True)
+    assert torch.equal(a.logits, b.logits)
+    for k in a.spike_trains:
+        assert torch.equal(a.spike_trains[k], b.spike_trains[k])
+
+
+def test_mixed_T_fixed_point_and_bundle(tmp_path):
+    snn, x = _two_branches(T_BRANCHES, fixed_point=True)
+    assert_bit_exact(snn, x)
+    d = snn.export(tmp_path / "bundle")
+    logits, counts = Bundle(d).run(x.numpy())
+    res = snn.simulate(x)
+    assert torch.equal(torch.from_numpy(logits), res.logits)
+    for k, c in res.spike_counts.items():
+        assert torch.equal(torch.from_numpy(counts[k]).to(c.dtype), c), k
+
+
+def test_mixed_T_spike_coded_input():
+    model, shape = make("resnet_block", seed=3)
+    g = torch.Generator().manual_seed(2)
+    n = _layers(model, shape, input_coding="spike", threshold="max")
+    snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=_mixed(n, 3),
+                     input_coding="spike", threshold="max")
+    check_identical(snn, torch.randn((2,) + shape, generator=g, dtype=torch.float64))
+
+
+def test_per_layer_T_refusals():
+    model, shape = make("concat")
+    calib = torch.randn((8,) + shape, dtype=torch.float64)
+    names = list(sc.convert(model, calib, timesteps=2).timesteps_per_layer)
+    with pytest.raises(ValueError, match="missing"):
+        sc.convert(model, calib, timesteps={names[0]: 3})
+    with pytest.raises(ValueError, match="not layers of this model: \\['nope'\\]"):
+        sc.convert(model, calib, timesteps={**dict.fromkeys(names, 3), "nope": 2})
+    with pytest.raises(ValueError, match=f"1 values for {len(names)} spiking layers"):
+        sc.convert(model, calib, timesteps=[3])
+    with pytest.raises(ValueError, match="timesteps must be an integer >= 1"):
+        sc.convert(model, calib, timesteps=[0] * len(names))
+    with pytest.raises(ValueError, match="rate baseline"):
+        sc.convert(model, calib, timesteps=[3] * len(names), method="rate")
