@@ -158,3 +158,18 @@ def test_threshold_tuning_keeps_the_weights_and_needs_no_labels():
     assert any(not torch.equal(torch.as_tensor(a.theta), torch.as_tensor(b.theta)) for a, b in zip(snn.layers, ft.layers))
     assert _kl_to(model, ft, data) < _kl_to(model, snn, data)
     check_identical(ft, data[0][0][:3])
+
+
+def test_finetune_with_per_layer_T_keeps_each_layers_T_and_converts_exactly():
+    model, shape = make("resnet_block", dtype=torch.float64)
+    data = _teacher_data(model, shape, n=128)
+    n = len(sc.convert(model, data[0][0][:8], timesteps=2).layers)
+    Ts = [2 + i % 3 for i in range(n)]  # 2, 3, 4, 2, ...
+    ft = finetune(model, data, timesteps=Ts, epochs=2, config=FinetuneConfig(lr=1e-3, theta_lr=1e-2))
+    assert list(ft.timesteps_per_layer.values()) == Ts
+    snn = sc.convert(model, data[0][0], timesteps=Ts)
+    assert _loss(ft, data) < _loss(snn, data)
+    check_identical(ft, data[0][0][:3])
+    assert finetune(snn, data, timesteps=Ts, epochs=1).timesteps_per_layer == snn.timesteps_per_layer
+    with pytest.raises(ValueError, match="converted for T = "):
+        finetune(snn, data, timesteps=max(Ts), epochs=1)

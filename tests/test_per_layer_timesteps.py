@@ -179,3 +179,93 @@ def test_per_layer_T_refusals():
         sc.convert(model, calib, timesteps=[0] * len(names))
     with pytest.raises(ValueError, match="rate baseline"):
         sc.convert(model, calib, timesteps=[3] * len(names), method="rate")
+
+
+# -- choosing T per layer (allocate.py) ----------------------------------------------------------
+
+
+def _selection(name, n=600, calib=64):
+    model, shape = make(name)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((n,) + shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x[calib:]).argmax(1)  # labelled by the float ANN: its own accuracy is 100 %
+    return model, x[:calib], x[calib:], y
+
+
+def test_auto_T_descends_from_the_shortest_uniform_T_within_the_budget():
+    from spikeconverter.allocate import choose_timesteps
+    from spikeconverter.convert import _beta_groups
+
+    model, calib, x, y = _selection("concat")
+    s = choose_timesteps(model, calib, x, y, max_loss=1.0)
+    # the start: the smallest uniform T within 1 pp on the selection images (one less is not)
+    start = s.steps[0]["timesteps"]
+    T0 = set(start.values()).pop()
+    assert len(set(start.values())) == 1
+    worse = sc.convert(model, calib, timesteps=T0 - 1)
+    with torch.no_grad():
+        assert 100.0 - 100.0 * float((worse(x).argmax(1) == y).double().mean()) > 1.0
+    # every accepted step is within the budget and shortens the latency
+    lat = [st["latency"] for st in s.steps]
+    assert all(a > b for a, b in zip(lat, lat[1:])) and len(lat) > 1
+    assert all(st["loss_pp"] <= 1.0 for st in s.steps) and s.loss_pp <= 1.0
+    # moves shorten whole groups (trains that meet in one neuron): members share their T
+    snn = sc.convert(model, calib, timesteps=s.timesteps)
+    names = {a: snn.plan.layer_name(a) for a in snn.plan.spikers}
+    groups: dict = {}
+    for a, gid in _beta_groups(snn.plan).items():
+        groups.setdefault(gid, set()).add(s.timesteps[names[a]])
+    assert all(len(ts) == 1 for ts in groups.values())
+    assert snn.latency_steps == s.latency < (snn.spiking_depth + 1) * T0
+    check_identical(snn, x[:3])
+
+
+def test_auto_T_within_a_latency_budget_and_refusals():
+    from spikeconverter.allocate import choose_timesteps
+
+    model, calib, x, y = _selection("concat")
+    s = choose_timesteps(model, calib, x, y, latency=22)
+    assert s.latency <= 22 and s.budget == {"latency_steps": 22}
+    with pytest.raises(ValueError, match="exactly one budget"):
+        choose_timesteps(model, calib, x, y)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        choose_timesteps(model, calib, x, y, max_loss=1.0, latency=20)
+    with pytest.raises(ValueError, match="reaches a latency of 3 steps"):
+        choose_timesteps(model, calib, x, y, latency=3)
+    with pytest.raises(ValueError, match="budgets for timesteps='auto'"):
+        sc.convert(model, calib, timesteps=4, max_loss=1.0)
+
+
+def test_convert_auto_records_its_search_and_judges_on_training_images_only():
+    model, calib, x, y = _selection("concat")
+    snn = sc.convert(model, calib, timesteps="auto", max_loss=1.0, selection=(x, y))
+    rec = snn.calibration["timesteps_search"]
+    assert rec["judged_on"] == "held-out training images" and rec["images"] == len(x)
+    assert rec["timesteps"] == snn.timesteps_per_layer and rec["latency"] == snn.latency_steps
+    # of the searched network and the one recalibrated for the allocation, the better one is kept
+    with torch.no_grad():
+        kept = 100.0 - 100.0 * float((snn(x).argmax(1) == y).double().mean())
+    assert kept == min(rec["loss_pp"], rec["loss_pp_converted"])
+    assert rec["network"] == ("calibrated for the allocation" if rec["loss_pp_converted"] <= rec["loss_pp"]
+                              else "thresholds of the uniform-T conversions (as judged)")
+    check_identical(snn, x[:3])  # either way an exact spiking network
+    for info, m in zip(snn.layers, snn._spikers()):
+        assert info.theta is m.theta or torch.equal(torch.as_tensor(info.theta), torch.as_tensor(m.theta))
+    # without held-out images: the calibration images, labelled by the float ANN
+    alone = sc.convert(model, x[:256], timesteps="auto", max_loss=1.0)
+    assert alone.calibration["timesteps_search"]["judged_on"].startswith("calibration images")
+
+
+def test_cli_T_takes_integers_per_layer_and_auto():
+    from spikeconverter.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["evaluate", "-T", "4"]).T == 4
+    assert p.parse_args(["evaluate", "-T", "4,3,5"]).T == [4, 3, 5]
+    a = p.parse_args(["evaluate", "-T", "auto", "--max-loss", "0.5"])
+    assert (a.T, a.max_loss, a.latency) == ("auto", 0.5, None)
+    for cmd in ("convert", "export", "show"):
+        assert p.parse_args([cmd, "-T", "auto", "--latency", "60", "--out", "x"]).latency == 60
+    with pytest.raises(Exception, match="integers per layer"):
+        p.parse_args(["evaluate", "-T", "4,x"])

@@ -48,6 +48,31 @@ def _positive(name):
     return parse
 
 
+def _timesteps(v: str):
+    """-T: an integer, one per spiking layer (comma-separated, in layer order), or "auto"."""
+    if v == "auto":
+        return "auto"
+    try:
+        values = [int(t) for t in v.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-T must be an integer, integers per layer (4,3,3,...) or 'auto', "
+                                         f"got {v!r}") from None
+    if any(t < 1 for t in values):
+        raise argparse.ArgumentTypeError(f"-T values must be >= 1, got {v!r}")
+    return values[0] if len(values) == 1 and "," not in v else values
+
+
+def _budgets(p) -> None:
+    p.add_argument("--max-loss", type=float, default=None, metavar="PP",
+                   help="with -T auto: the shortest latency within PP points of the float ANN's accuracy")
+    p.add_argument("--latency", type=_positive("--latency"), default=None, metavar="STEPS",
+                   help="with -T auto: the best accuracy within STEPS end-to-end steps")
+
+
+def _T_text(T) -> str:
+    return "auto" if T == "auto" else (",".join(map(str, T)) if isinstance(T, list) else str(T))
+
+
 def _evaluate(args) -> int:
     from .evaluate import evaluate, format_evaluate, write_json
 
@@ -67,7 +92,7 @@ def _evaluate(args) -> int:
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
                  precision=args.precision, energy_model=args.energy_model, data_free=args.data_free,
-                 **_calibration(args))
+                 max_loss=args.max_loss, latency=args.latency, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
@@ -119,7 +144,12 @@ def _model_and_calibration(args):
     from .evaluate import calibration_data, load_model, sized_kwargs
 
     net, info = load_model(args.model, args.dataset, args.checkpoint)
-    net = net.to(resolve(args.device))  # converted where it will run; a network file itself is device-free
+    dev = resolve(args.device)
+    net = net.to(dev)  # converted where it will run; a network file itself is device-free
+    if hasattr(args, "precision"):  # convert / show: float64 unless asked, like evaluate (the same thresholds anywhere)
+        from .evaluate import PRECISIONS, resolve_precision
+
+        net = net.to(PRECISIONS[resolve_precision(args.precision, dev)])
     if getattr(args, "data_free", False):
         return net, info, "data-free"
     calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
@@ -142,6 +172,16 @@ def _converted(args, net, calib, **kw):
 
     rate = kw.get("method") == "rate"
     options = {} if rate else {k: v for k, v in _calibration(args).items() if v is not None}
+    if args.T == "auto":  # judged on held-out training images (none with --data-free)
+        from .evaluate import SELECTION_IMAGES, held_out_training, load_model, sized_kwargs
+
+        kw.update(max_loss=args.max_loss, latency=args.latency)
+        if not isinstance(calib, str):
+            info = load_model(args.model, args.dataset, args.checkpoint)[1]
+            kw["selection"] = held_out_training(args.dataset, SELECTION_IMAGES, args.calibration, args.data,
+                                                download=args.download, **sized_kwargs(args.dataset, info))
+    elif args.max_loss is not None or args.latency is not None:
+        raise ValueError("--max-loss / --latency are budgets for -T auto")
     return convert(net, calib, timesteps=args.T, beta=_beta(args.beta), progress=not args.quiet, **options, **kw)
 
 
@@ -158,7 +198,7 @@ def _show(args) -> int:
     x = test[args.image][0].unsqueeze(0)
     snn = _converted(args, net, calib, method=args.method)
     pipeline(snn, x, args.out)
-    print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}), test image {args.image}")
+    print(f"wrote {args.out}: {args.model} ({args.method}, T = {_T_text(args.T)}), test image {args.image}")
     return 0
 
 
@@ -174,7 +214,9 @@ def _convert(args) -> int:
     snn = _converted(args, net, calib, method=args.method, threshold=args.threshold, phi=args.phi,
                      **({"input_shape": _input_shape(args, info)} if data_free else {}))
     snn.save(args.out, extra=_source(args, info, 0 if data_free else len(calib)))
-    print(f"wrote {args.out}: {args.model} ({args.method}, T = {args.T}, {len(snn.layers)} spiking layers, latency "
+    print(f"wrote {args.out}: {args.model} ({args.method}, T = {_T_text(args.T)}"
+          + ("" if snn.method == "rate" or snn.uniform else f": {snn.timesteps_per_layer}")
+          + f", {len(snn.layers)} spiking layers, latency "
           f"{snn.latency_steps} steps); measure it with: spikeconverter evaluate --snn {args.out}")
     return 0
 
@@ -199,7 +241,7 @@ def _export(args) -> int:
             note = f"; {args.samples} test images with the engine's logits (inputs.npy, expected_logits.npy)"
         except ValueError as e:  # beyond float64's exact range the engine refuses; the int64 executor may not
             note = f"; {args.samples} test images in inputs.npy (no expected logits: {str(e).splitlines()[0]})"
-    print(f"wrote the integer bundle of {args.model} (T = {args.T}, latency {snn.latency_steps} steps) to {out}{note}. "
+    print(f"wrote the integer bundle of {args.model} (T = {_T_text(args.T)}, latency {snn.latency_steps} steps) to {out}{note}. "
           f"Run it without torch: python {out}/run.py {out} {out}/inputs.npy")
     return 0
 
@@ -286,7 +328,8 @@ def _runtime_options() -> argparse.ArgumentParser:
 def _precision(p):
     p.add_argument("--precision", choices=["float32", "float64"], default=None,
                    help="arithmetic of conversion and measurement: float64 (default; float32 on MPS) gives the same "
-                        "figures on every machine and digit-equal engines; float32 is ~3x faster on a CPU")
+                        "thresholds and figures on every machine and digit-equal engines; float32 is ~3x faster on a "
+                        "CPU (convert: the file's precision)")
 
 
 def _common(p, T_default=8):
@@ -374,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", parents=runtime, help="convert a model and report accuracy, latency, spikes, SOPs, energy")
     _common(e)
-    e.add_argument("-T", "--timesteps", dest="T", type=int, default=None, help="time steps (per phase; default 8)")
+    e.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=None,
+                   help="time steps per phase (default 8); per layer: 4,3,3,... in layer order; auto: chosen per "
+                        "layer for --max-loss or --latency on held-out training images")
+    _budgets(e)
     e.add_argument("--snn", default=None, help="measure this network file (convert/finetune --out) as it is: "
                    "no conversion; model and dataset from the file")
     e.add_argument("--finetuned", action="store_true", help="measure the shipped fine-tuned network for --model, "
@@ -413,27 +459,35 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", parents=runtime, help="draw one input's run: per layer accumulate/generate windows, "
                         "spike rasters, spikes and thresholds")
     _common(sh)
-    sh.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=8, help="time steps (per phase)")
+    sh.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=8,
+                    help="time steps per phase; per layer: 4,3,3,... in layer order; auto (with --max-loss or --latency)")
+    _budgets(sh)
     sh.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
     sh.add_argument("--image", type=int, default=0, help="index of the test image to run")
     sh.add_argument("--out", required=True, help="picture file (.png, .pdf, .svg)")
+    _precision(sh)
     sh.set_defaults(func=_show)
 
     cv = sub.add_parser("convert", parents=runtime, help="convert a model and save the spiking network to one file (no pickle)")
     _common(cv)
-    cv.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=8, help="time steps (per phase)")
+    cv.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=8,
+                    help="time steps per phase; per layer: 4,3,3,... in layer order; auto (with --max-loss or --latency)")
+    _budgets(cv)
     cv.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
     cv.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     cv.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
     cv.add_argument("--data-free", action="store_true",
                     help="no calibration image: inputs synthesised from the model's batch-norm statistics")
     cv.add_argument("--out", required=True, help="the network file to write (e.g. net.snn)")
+    _precision(cv)
     cv.set_defaults(func=_convert)
 
     ex = sub.add_parser("export", parents=runtime,
                         help="convert in fixed point and write the integer deployment bundle (docs/deploy.md)")
     _common(ex)
-    ex.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=6, help="time steps (per phase)")
+    ex.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=6,
+                    help="time steps per phase; per layer: 4,3,3,... in layer order; auto (with --max-loss or --latency)")
+    _budgets(ex)
     ex.add_argument("--samples", type=int, default=8, help="test images saved with the engine's logits (0: none)")
     ex.add_argument("--data-free", action="store_true",
                     help="no calibration image: inputs synthesised from the model's batch-norm statistics")

@@ -701,7 +701,8 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             progress: bool = False, fixed_point: bool = False, per_channel: bool | None = None,
             sequential: bool | None = None, bias_correction: bool | None = None, *,
             input_shape: tuple | None = None, data_free_images: int = 128, data_free_steps: int = 300,
-            seed: int = 0) -> SpikingNetwork:
+            seed: int = 0, max_loss: float | None = None, latency: int | None = None,
+            selection=None) -> SpikingNetwork:
     """Convert a trained CNN into a spiking network.
 
     Args:
@@ -714,6 +715,11 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             layer: a dict {layer name: T} naming every spiking layer, or a list in layer order
             (``snn.layers``); each layer quantizes to its own T-step code and generates for T steps,
             and the end-to-end latency is the longest path through that schedule (schedule.py).
+            "auto": chosen per layer (allocate.py) for the shortest latency within ``max_loss`` pp of
+            the float ANN, or the best accuracy within ``latency`` steps, judged on ``selection``
+            (held-out *training* images and labels, (x, y)); without it, on the calibration images
+            with the float ANN's own predictions as labels. The search is recorded in
+            ``snn.calibration["timesteps_search"]``.
         beta: growth factor in [1, 2] (2: binary code, 1: burst code), or "search".
         threshold: "mse" (default for spikeconverter), "max", or "percentile:P"
             (default "percentile:99.99" for the rate baseline).
@@ -734,7 +740,14 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         uses none of them). With any of them the calibration batches are kept in memory (they are
         run once or twice per spiking depth).
     """
-    _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point)
+    auto = isinstance(timesteps, str)
+    if auto and timesteps != "auto":
+        raise ValueError(f"timesteps must be an integer, per-layer values or 'auto', got {timesteps!r}")
+    if not auto and (max_loss is not None or latency is not None):
+        raise ValueError("max_loss / latency are budgets for timesteps='auto'")
+    _check_args(8 if auto else timesteps, beta, threshold, method, phi, input_coding, fixed_point)
+    if auto and method != "spikeconverter":
+        raise ValueError("timesteps='auto' applies to the two-phase method")
     data_free = None
     if isinstance(calibration, str):
         if calibration != "data-free":
@@ -745,6 +758,11 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
 
         calibration, data_free = synthesize_inputs(model, tuple(input_shape), n=data_free_images, steps=data_free_steps,
                                                    seed=seed, progress=progress)
+    if auto:
+        return _convert_auto(model, calibration, data_free, max_loss, latency, selection, progress,
+                             dict(beta=beta, threshold=threshold, method=method, phi=phi, input_coding=input_coding,
+                                  fixed_point=fixed_point, per_channel=per_channel, sequential=sequential,
+                                  bias_correction=bias_correction))
     if fixed_point and per_channel is None:
         # the fixed-point grid is one per layer: thresholds spread over channels would make it finer
         # and leave float64's exact range at ResNet-size T = 8 (opt in with per_channel=True)
@@ -794,4 +812,47 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         snn.exact_bounds = fx_point.apply(plan, input_shape)
         for info, a in zip(layers, plan.spikers):
             info.theta = gm.get_submodule(a.target).theta
+    return snn
+
+
+def _convert_auto(model, calibration, data_free, max_loss, latency, selection, progress, kw) -> SpikingNetwork:
+    """timesteps="auto": choose T per layer (allocate.py), then convert with that choice."""
+    from dataclasses import asdict
+
+    from .allocate import choose_timesteps
+
+    if not torch.is_tensor(calibration):  # the search converts several times: the batches are kept
+        calibration = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in calibration])
+    search_kw = dict(kw, fixed_point=False)  # the search judges the float network; fixed point rounds the result
+    if selection is None:  # no held-out images: the calibration images, labelled by the float ANN itself
+        with torch.no_grad():
+            images = calibration.to(_dtype(model))
+            labels = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
+        judged_on = "calibration images, labelled by the float ANN"
+    else:
+        images, labels = selection
+        images = images.to(_dtype(model))
+        judged_on = "held-out training images"
+    search = choose_timesteps(model, calibration, images, labels, max_loss=max_loss, latency=latency,
+                              progress=progress, **search_kw)
+    snn = convert(model, calibration, timesteps=search.timesteps, progress=progress, **kw)
+    record = asdict(search)
+    record["judged_on"] = judged_on
+
+    def loss(net) -> float:
+        with torch.no_grad():
+            x = images.to(_dtype(net.gm))
+            out = torch.cat([net(x[i : i + 256]) for i in range(0, len(x), 256)])
+            ann = torch.cat([model(images[i : i + 256]) for i in range(0, len(images), 256)])
+        return 100.0 * float((ann.argmax(1) == labels).double().mean() - (out.argmax(1) == labels).double().mean())
+
+    record["loss_pp_converted"] = loss(snn)  # the chosen T, calibrated with mixed T
+    # both are exact spiking networks: keep the one that does better on the selection images (fixed
+    # point needs the rounded conversion)
+    record["network"] = "calibrated for the allocation"
+    if not kw.get("fixed_point") and search.loss_pp < record["loss_pp_converted"]:
+        snn, record["network"] = search.network, "thresholds of the uniform-T conversions (as judged)"
+    snn.calibration["timesteps_search"] = record
+    if data_free is not None:
+        snn.calibration["data_free"] = data_free
     return snn

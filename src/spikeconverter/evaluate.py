@@ -124,6 +124,24 @@ def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, downlo
     return torch.cat([x for x, _ in batches_of(train, 512)])
 
 
+SELECTION_IMAGES = 1024  # held-out training images that judge a per-layer T search (-T auto)
+
+
+def held_out_training(dataset: str, n: int, skip: int, data_root=None, seed: int = 0, download: bool = False,
+                      **dataset_kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` training images and labels that ``calibration_data(dataset, skip, seed=seed)`` does not
+    use (the next ``n`` of the same fixed random order): what -T auto judges allocations on."""
+    train = load_dataset(dataset, "train", data_root, download=download, **dataset_kw)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[skip : skip + n].sort().values
+    if isinstance(train, ArrayDataset):
+        out = train.subset(None)
+        out.images, out.labels = train.images[idx], train.labels[idx]
+    else:
+        out = torch.utils.data.Subset(train, idx.tolist())
+    xs, ys = zip(*batches_of(out, 512))
+    return torch.cat(xs), torch.cat(ys)
+
+
 def _progress(it, desc, total, quiet):
     if quiet:
         return it
@@ -200,11 +218,14 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
              snn: str | None = None, device: str | None = None, precision: str | None = None,
-             energy_model: str = "default", data_free: bool = False) -> dict:
+             energy_model: str = "default", data_free: bool = False, max_loss: float | None = None,
+             latency: int | None = None) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
-    ``timesteps``: T (default 8; with ``snn``, the file's).
+    ``timesteps``: T (default 8; with ``snn``, the file's); per layer, a list in layer order or a
+    dict {layer name: T}; or "auto" with ``max_loss`` (pp) or ``latency`` (steps): T per layer
+    chosen on SELECTION_IMAGES held-out training images (allocate.py), never on test images.
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
     ``data_free``: no calibration image: 128 inputs synthesised from the model's batch-norm statistics
     (datafree.py; ``calibration`` is then unused).
@@ -232,7 +253,13 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
                                        compile, download, dataset, dev, dtype)
         return _with_energy(dict(out, precision=precision), net_file, params)
     timesteps = 8 if timesteps is None else timesteps
-    _check_args(timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
+    auto = timesteps == "auto"
+    if not auto and (max_loss is not None or latency is not None):
+        raise ValueError("--max-loss / --latency are budgets for -T auto")
+    if auto and (max_loss is None) == (latency is None):
+        raise ValueError("-T auto needs one budget: --max-loss PP (shortest latency within it) or --latency STEPS "
+                         "(best accuracy within it)")
+    _check_args(8 if auto else timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
     options = calibration_options(method, per_channel, sequential, bias_correction)
@@ -243,16 +270,22 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     calib = "data-free" if data_free else calibration_data(dataset, calibration, data_root, seed, download=download,
                                                            **sized_kwargs(dataset, info))
+    budget = {}
+    if auto:
+        budget = dict(max_loss=max_loss, latency=latency, selection=None if data_free else held_out_training(
+            dataset, SELECTION_IMAGES, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info)))
     t0 = time.time()
     snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
         lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
                         progress=not quiet, input_shape=tuple(test[0][0].shape) if data_free else None,
-                        **dict(zip(CALIBRATION_KEYS, options))))
+                        **budget, **dict(zip(CALIBRATION_KEYS, options))))
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, 0 if data_free else len(calib), engine, batch_size, quiet, compile, t0)}
     out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)), precision=precision)
     if data_free:
         out["data_free"] = snn.calibration.get("data_free")
+    if "timesteps_search" in snn.calibration:
+        out["timesteps_search"] = snn.calibration["timesteps_search"]
     return _with_energy(out, snn, params)
 
 
@@ -353,6 +386,7 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     out = {
         "data": getattr(test, "source", ""), "data_sha256": data_digest(test), "checkpoint": info["checkpoint"],
         "method": snn.method, "engine": engine, "timesteps": snn.timesteps,
+        **({} if snn.method == "rate" or snn.uniform else {"timesteps_per_layer": snn.timesteps_per_layer}),
         "beta": snn.layers[0].beta if snn.layers else None,
         "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold,
         "test_images": len(test), "calibration_images": n_calib,
@@ -396,6 +430,20 @@ def format_evaluate(r: dict) -> str:
         rows += [("time steps", f"T = {r['timesteps']} (all layers at once)"),
                  ("latency", f"{r['latency_steps']} steps end to end"),
                  ("throughput", f"1 input / {r['steps_per_input']} steps")]
+    elif r.get("timesteps_per_layer"):
+        per = r["timesteps_per_layer"]
+        rows += [("time steps", f"per layer, {min(per.values())}-{max(per.values())}: "
+                                + " ".join(f"{k}={v}" for k, v in per.items()))]
+        search = r.get("timesteps_search")
+        if search:
+            budget = (f"within {search['budget']['max_loss_pp']} pp" if "max_loss_pp" in search["budget"]
+                      else f"within {search['budget']['latency_steps']} steps")
+            rows += [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
+                                  f"{search['loss_pp']:+.2f} pp as searched, {search['loss_pp_converted']:+.2f} pp "
+                                  f"recalibrated for it; kept: {search.get('network', 'recalibrated')} "
+                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s)")]
+        rows += [("latency", f"{r['latency_steps']} steps end to end (longest path, L = {r['spiking_depth']})"),
+                 ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined: the longest T)")]
     else:
         rows += [("time steps", f"T = {r['timesteps']} per phase"),
                  ("latency", f"{r['latency_steps']} steps end to end ((L+1)*T, L = {r['spiking_depth']})"),

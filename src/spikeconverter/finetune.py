@@ -174,8 +174,13 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
     if snn.exact_bounds is not None:
         raise ValueError("a fixed-point network cannot be fine-tuned (training leaves its grid); fine-tune, then "
                          "round the result with fixed point")
-    if timesteps is not None and timesteps != snn.timesteps:
-        raise ValueError(f"the network was converted for T = {snn.timesteps}, not {timesteps}")
+    if timesteps is not None:
+        from .convert import layer_timesteps
+
+        want = {snn.plan.layer_name(a): T for a, T in layer_timesteps(snn.plan, timesteps).items()}
+        if want != snn.timesteps_per_layer:
+            have = snn.timesteps if snn.uniform else snn.timesteps_per_layer
+            raise ValueError(f"the network was converted for T = {have}, not {timesteps}")
     source = dict(source or getattr(snn, "source", None) or {})
     teacher = _teacher(model, cfg) if cfg.distill > 0 else None
 

@@ -1,0 +1,145 @@
+"""Accuracy loss against end-to-end latency: one T for all layers vs T chosen per layer.
+
+    python benchmarks/latency_frontier.py --model resnet20 [--dataset cifar10]
+        [--uniform 3 4 5 6 8] [--max-loss 0.25 0.5 1.0] [--render]
+
+Every row is one `evaluate` call with its defaults (float64, per-channel calibration with bias
+correction on 512 training images, all test images): uniform rows `-T T`, per-layer rows
+`-T auto --max-loss PP` (T chosen on 1,024 held-out training images, allocate.py). Rows go to
+docs/latency.json as they finish (a stopped run resumes); --render rewrites the docs/results.md
+section and the plot docs/latency_frontier_<model>.png from the JSON alone.
+
+Published points are drawn as such -- losses their authors report for their own ANNs (trained for
+conversion) and data, not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from spikeconverter.evaluate import evaluate
+
+import _common
+import readme_headline
+
+PATH = readme_headline.DOCS / "latency.json"
+# (label, model, dataset, loss pp (negative: below the ANN), end-to-end steps): as published
+PUBLISHED = [
+    ("QCFS (Bu et al., ICLR 2022), own quantization-trained ANN", "resnet20", "cifar10", -0.15, 16),
+]
+
+
+def _row(r: dict, kind: str, budget) -> dict:
+    search = r.get("timesteps_search") or {}
+    return dict(kind=kind, budget=budget, timesteps=r["timesteps"], timesteps_per_layer=r.get("timesteps_per_layer"),
+                latency_steps=r["latency_steps"], accuracy=r["snn_accuracy"], ann_accuracy=r["ann_accuracy"],
+                difference_pp=r["difference_pp"], spikes=r["spikes"], images=r["test_images"],
+                precision=r["precision"], search_loss_pp=search.get("loss_pp"),
+                search_loss_pp_converted=search.get("loss_pp_converted"), search_seconds=search.get("seconds"),
+                search_evaluations=search.get("evaluations"), seconds_convert=r["seconds_convert"])
+
+
+def measure(model: str, dataset: str, uniform, losses, stored: dict) -> None:
+    key = f"{dataset}/{model}"
+    rows = stored["rows"].setdefault(key, [])
+    done = {(r["kind"], r["budget"]) for r in rows}
+    todo = [("uniform", T) for T in uniform] + [("auto max-loss", b) for b in losses]
+    for kind, budget in todo:
+        if (kind, budget) in done:
+            continue
+        t0 = time.time()
+        if kind == "uniform":
+            r = evaluate(model=model, dataset=dataset, timesteps=budget, quiet=True)
+        else:
+            r = evaluate(model=model, dataset=dataset, timesteps="auto", max_loss=budget, quiet=True)
+        rows.append(_row(r, kind, budget))
+        stored["machine"] = _common.machine()
+        PATH.write_text(json.dumps(stored, indent=1) + "\n")
+        print(f"{model} {kind} {budget}: latency {r['latency_steps']}, {r['difference_pp']:+.2f} pp "
+              f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def render(stored: dict) -> None:
+    lines = ["| data / model | T | budget (judged on training images) | latency (steps) | SNN - ANN (pp, test) "
+             "| loss in the search (training images) | search cost |", "|---|---|---|---|---|---|---|"]
+    for key, rows in stored["rows"].items():
+        for r in sorted(rows, key=lambda r: r["latency_steps"]):
+            per = r["timesteps_per_layer"]
+            T = f"per layer {min(per.values())}-{max(per.values())}" if per else str(r["timesteps"])
+            budget = f"<= {r['budget']} pp" if r["kind"] != "uniform" else "-"
+            search = (f"{r['search_loss_pp']:+.2f} (converted {r['search_loss_pp_converted']:+.2f})"
+                      if r["search_loss_pp"] is not None else "-")
+            cost = (f"{r['search_evaluations']} evaluations, {r['search_seconds']:.0f} s"
+                    if r["search_seconds"] is not None else "-")
+            lines.append(f"| {key} | {T} | {budget} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {search} "
+                         f"| {cost} |")
+    lines += ["", "Each row is `spikeconverter evaluate --model M -T T` or `-T auto --max-loss PP` with every other "
+              "default (float64, all test images); the search judges its budget as accuracy loss against the float "
+              "ANN on 1,024 held-out *training* images, where the ANN is more accurate than on test images -- the "
+              "test loss can exceed the budget, and the table shows by how much. Published points (plot only): "
+              + "; ".join(f"{p[0]}: {p[3]:+.2f} pp at {p[4]} steps on {p[1]}/{p[2]}" for p in PUBLISHED)
+              + f". Machine: {stored.get('machine')}. Regenerate: `python benchmarks/latency_frontier.py --render`."]
+    _common.replace_section(readme_headline.DOCS / "results.md", "latency", "\n".join(lines),
+                            heading="## Latency: time steps per layer")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, rows in stored["rows"].items():
+        dataset, model = key.split("/")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind, style in (("uniform", "o-"), ("auto max-loss", "s")):
+            pts = sorted((r["latency_steps"], r["difference_pp"]) for r in rows if r["kind"] == kind)
+            if pts:
+                ax.plot(*zip(*pts), style, label="one T for all layers" if kind == "uniform" else "T per layer (auto)")
+        for label, m, d, loss, steps in PUBLISHED:
+            if (m, d) == (model, dataset):
+                ax.plot([steps], [loss], "k^", label=f"published: {label}")
+        ax.axhline(-0.5, color="tab:red", lw=0.8, ls="--", label="0.5 pp below the ANN")
+        ax.set_xlabel("end-to-end latency (steps)")
+        ax.set_ylabel("SNN - ANN accuracy (pp, test)")
+        ax.set_title(f"{model} / {dataset}: loss vs latency", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(readme_headline.DOCS / f"latency_frontier_{model}.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--uniform", type=int, nargs="*", default=[3, 4, 5, 6, 8])
+    ap.add_argument("--max-loss", type=float, nargs="*", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--add", nargs="*", default=[], metavar="JSON",
+                    help="rows from `evaluate ... --json FILE` runs of the same commands (uniform or -T auto)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the docs from docs/latency.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stored = json.loads(PATH.read_text()) if PATH.exists() else {"rows": {}}
+    for f in args.add:
+        r = json.loads(open(f).read())
+        search = r.get("timesteps_search")
+        kind, budget = ("auto max-loss", search["budget"]["max_loss_pp"]) if search else ("uniform", r["timesteps"])
+        rows = stored["rows"].setdefault(f"{r['dataset']}/{r['model']}", [])
+        rows[:] = [x for x in rows if (x["kind"], x["budget"]) != (kind, budget)] + [_row(r, kind, budget)]
+        stored["machine"] = _common.machine()
+        PATH.write_text(json.dumps(stored, indent=1) + "\n")
+    if not args.render:
+        if not args.model:
+            ap.error("--model is required to measure")
+        measure(args.model, args.dataset, args.uniform, args.max_loss, stored)
+    render(stored)
+    print(f"wrote {PATH.relative_to(readme_headline.ROOT)}, the results section and the plots")
+
+
+if __name__ == "__main__":
+    main()

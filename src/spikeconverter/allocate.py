@@ -1,0 +1,192 @@
+"""Choosing each layer's T: the shortest end-to-end latency within an accuracy budget, or the best
+accuracy within a latency budget, judged on training images only.
+
+Why not per-layer sensitivity: quantization errors of layers add up, so a layer's loss measured
+alone says little about its loss beside the others (on ResNet-20 an allocation from single-layer
+sensitivities was worse than uniform T). Every allocation here is judged as a whole network.
+
+Why groups: a sink accumulates for as long as its longest input train (schedule.py), so shortening
+one layer of a residual sum shortens nothing while its partner stays long. Layers whose trains meet
+in one neuron form a group (the groups beta is shared in); a move shortens one group by one step.
+
+The search (greedy descent, documented in docs/method.md):
+1. Thresholds per layer and T come from uniform-T conversions (one per T tried), so trying an
+   allocation costs one forward pass of the exact twin, not a calibration.
+2. Start: with ``max_loss``, the smallest uniform T whose loss on the selection images is within
+   the budget; with ``latency``, the smallest uniform T whose latency reaches the budget.
+3. Each round scores every move that shortens the latency by its divergence from the float ANN
+   (mean KL of the softmax outputs on a small scoring subset) per step saved, takes the best one
+   whose accuracy loss on all selection images stays within ``max_loss`` (trying at most three),
+   and stops when none does (``max_loss``) or once the latency is within budget (``latency``).
+The chosen allocation is then converted again, calibrated with mixed T (convert.py); of that
+network and the one the search judged (thresholds of the uniform conversions) the one with the
+smaller loss on the selection images is returned -- both are exact spiking networks -- and both
+losses are reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .convert import _beta_groups, convert
+from .schedule import schedule
+
+SCORING_IMAGES = 128  # the smooth divergence ranks moves; the accuracy budget uses every image
+TRIES_PER_ROUND = 3
+
+
+@dataclass
+class Search:
+    """What ``choose_timesteps`` found and how: the allocation, and every accepted step."""
+
+    timesteps: dict[str, int]
+    latency: int
+    loss_pp: float  # ANN accuracy minus the search's estimate of the SNN's, on the selection images
+    steps: list[dict] = field(default_factory=list)  # the descent: latency, loss, divergence per step
+    evaluations: int = 0
+    seconds: float = 0.0
+    images: int = 0
+    budget: dict = field(default_factory=dict)
+
+
+class _Judge:
+    """Scores allocations of one network against the float ANN on the selection images."""
+
+    def __init__(self, model, images, labels, batch_size=256):
+        param = next(iter(model.parameters()), None)
+        if param is not None:  # the model's precision and device (the networks converted from it share them)
+            images, labels = images.to(device=param.device, dtype=param.dtype), labels.to(param.device)
+        self.images, self.labels, self.batch = images, labels, batch_size
+        with torch.no_grad():
+            self.ann = self._logits(model, images)
+        self.ann_acc = self._acc(self.ann)
+        self.count = 0
+
+    def _logits(self, net, x):
+        with torch.no_grad():
+            return torch.cat([net(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])
+
+    def _acc(self, logits) -> float:
+        return 100.0 * float((logits.argmax(1) == self.labels).double().mean())
+
+    def loss(self, net) -> float:
+        self.count += 1
+        return self.ann_acc - self._acc(self._logits(net, self.images))
+
+    def divergence(self, net) -> float:
+        self.count += 1
+        n = min(SCORING_IMAGES, len(self.images))
+        p = torch.log_softmax(self.ann[:n].double(), 1)
+        q = torch.log_softmax(self._logits(net, self.images[:n]).double(), 1)
+        return float((p.exp() * (p - q)).sum(1).mean())
+
+
+def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Tensor, *,
+                     max_loss: float | None = None, latency: int | None = None,
+                     candidates=(2, 3, 4, 5, 6, 7, 8), progress: bool = False, **convert_kw) -> Search:
+    """Per-layer T for ``model`` (see the module's docstring). ``images``/``labels``: held-out
+    *training* images (never test images) the budgets are judged on. Exactly one of ``max_loss``
+    (pp of accuracy against the float ANN) or ``latency`` (end-to-end steps)."""
+    if (max_loss is None) == (latency is None):
+        raise ValueError("give exactly one budget: max_loss (pp) or latency (steps)")
+    if max_loss is not None and max_loss < 0:
+        raise ValueError(f"max_loss must be >= 0 pp, got {max_loss}")
+    candidates = sorted(set(int(t) for t in candidates))
+    t0 = time.time()
+    judge = _Judge(model, images, labels)
+    nets: dict[int, object] = {}
+
+    def uniform(T):
+        if T not in nets:
+            nets[T] = convert(model, calibration, timesteps=T, **convert_kw)
+            if progress:
+                print(f"  T = {T} converted ({time.time() - t0:.0f} s)", flush=True)
+        return nets[T]
+
+    plan_net = uniform(candidates[0])
+    plan = plan_net.plan
+    spikers = list(plan.spikers)
+    groups: dict[int, list] = {}
+    for a, g in _beta_groups(plan).items():
+        groups.setdefault(g, []).append(spikers.index(a))
+    names = [plan.layer_name(a) for a in spikers]
+
+    def lat(alloc) -> int:
+        return schedule(plan, dict(zip(spikers, alloc))).latency
+
+    # the starting uniform T
+    start = None
+    for T in candidates:
+        if max_loss is not None:
+            if judge.loss(uniform(T)) <= max_loss:
+                start = T
+                break
+        elif lat([T] * len(spikers)) >= latency:
+            start = T
+            break
+    if start is None:
+        if max_loss is not None:
+            raise ValueError(f"no uniform T up to {candidates[-1]} is within {max_loss} pp on the selection images; "
+                             "allow larger T (candidates) or a larger loss")
+        start = candidates[-1]
+    work = copy.deepcopy(uniform(start))
+    mods = [work.gm.get_submodule(a.target) for a in work.plan.spikers]
+
+    def apply(alloc) -> None:
+        for i, T in enumerate(alloc):
+            src = uniform(T).gm.get_submodule(uniform(T).plan.spikers[i].target)
+            m = mods[i]
+            m.theta = src.theta.clone() if torch.is_tensor(src.theta) else src.theta
+            m.shift = None if src.shift is None else src.shift.clone()
+            m.timesteps = src.timesteps
+
+    alloc = [start] * len(spikers)
+    apply(alloc)
+    cur = dict(latency=lat(alloc), loss_pp=judge.loss(work), divergence=judge.divergence(work))
+    steps = [dict(cur, timesteps=dict(zip(names, alloc)))]
+    lowest = candidates[0]
+    while latency is None or cur["latency"] > latency:
+        moves = []
+        for members in groups.values():
+            if any(alloc[i] - 1 < lowest for i in members):
+                continue
+            new = [t - 1 if i in members else t for i, t in enumerate(alloc)]
+            saved = cur["latency"] - lat(new)
+            if saved <= 0:
+                continue
+            apply(new)
+            div = judge.divergence(work)
+            moves.append(((div - cur["divergence"]) / saved, new, div))
+        if not moves:
+            break
+        moves.sort(key=lambda m: m[0])
+        taken = None
+        for _, new, div in moves[:TRIES_PER_ROUND] if max_loss is not None else moves[:1]:
+            apply(new)
+            loss = judge.loss(work)
+            if max_loss is None or loss <= max_loss:
+                taken = (new, loss, div)
+                break
+        if taken is None:
+            break
+        alloc = taken[0]
+        cur = dict(latency=lat(alloc), loss_pp=taken[1], divergence=taken[2])
+        steps.append(dict(cur, timesteps=dict(zip(names, alloc))))
+        if progress:
+            print(f"  latency {cur['latency']}: loss {cur['loss_pp']:+.2f} pp on {len(images)} training images "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    if latency is not None and cur["latency"] > latency:
+        raise ValueError(f"no allocation with T >= {lowest} reaches a latency of {latency} steps "
+                         f"(shortest found: {cur['latency']})")
+    apply(alloc)  # the chosen allocation (the last move tried may have been refused)
+    for info, m in zip(work.layers, mods):  # the layer records follow the thresholds put in
+        info.theta = m.theta
+    search = Search(dict(zip(names, alloc)), cur["latency"], cur["loss_pp"], steps, judge.count,
+                    round(time.time() - t0, 1), len(images),
+                    {"max_loss_pp": max_loss} if max_loss is not None else {"latency_steps": latency})
+    search.network = work  # the allocation with the uniform conversions' thresholds (what was judged)
+    return search
