@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .neuron import quantize_compiled, quantize_digits, quantize_fast, quantize_ste
+from .codes import LEAKY, SIGNED, UNSIGNED, Code, Params
+from .neuron import quantize_compiled, quantize_fast, quantize_ste
 
 
 class SpikeActivation(nn.Module):
@@ -73,6 +74,15 @@ class SpikeActivation(nn.Module):
             self.slope_map, self._slope = value.detach().clone(), None
         else:
             self.slope_map, self._slope = None, (None if value is None else float(value))
+
+    @property
+    def code(self) -> Code:
+        """What this layer's neurons code (codes.py): one population, or two (input coder, leaky)."""
+        return SIGNED if self.signed else LEAKY if self.leaky else UNSIGNED
+
+    @property
+    def params(self) -> Params:
+        return Params(self.theta, self.beta, self.timesteps, self.phi)
 
     @property
     def leaky(self) -> bool:
@@ -143,31 +153,31 @@ class SpikeActivation(nn.Module):
         """What the spiking neuron codes for pre-activation z: z plus the bias correction."""
         return z if self.shift is None else z + self.shift
 
+    def _slope_arg(self, z: torch.Tensor):
+        return self._slope_for(z) if self.leaky else None
+
     def q(self, z: torch.Tensor) -> torch.Tensor:
-        args = (self.theta, self.beta, self.timesteps, self.phi)
-        f = quantize_compiled if self.compiled else quantize_fast
         z = self.potential(z)
-        if self.signed:  # two polarities: ON spikes code z+, OFF spikes code z-
-            return f(z, *args) - f(-z, *args)
-        if self.leaky:  # ON codes z+, OFF codes -slope*z (both with the layer's threshold)
-            return f(z, *args) - f(self.off_input(z), *args)
-        return f(z, *args)
+        return self.code.value(z, self.params, quantize_compiled if self.compiled else quantize_fast, self._slope_arg(z))
 
     def digits(self, z: torch.Tensor) -> torch.Tensor:
-        """The twin's trains [T, *z.shape] for pre-activation z (signed for the input coder)."""
+        """The twin's trains [T, *z.shape] for pre-activation z (ON - OFF for two populations)."""
         on, off = self.digit_pair(z)
         return on if off is None else on - off
 
     def digit_pair(self, z: torch.Tensor):
         """(ON digits, OFF digits or None) [T, *z.shape]: the twin's trains of each population."""
-        args = (self.theta, self.beta, self.timesteps, self.phi)
         z = self.potential(z)
-        on = quantize_digits(z, *args)
-        if self.signed:
-            return on, quantize_digits(-z, *args)
-        if self.leaky:
-            return on, quantize_digits(self.off_input(z), *args)
-        return on, None
+        return self.code.digit_pair(z, self.params, self._slope_arg(z))
+
+    # -- the neuron, step by step (the simulator) --------------------------------------------------
+    def generate_start(self, v: torch.Tensor) -> tuple:
+        """Every population's potential when the generate phase starts from accumulated v."""
+        return self.code.start(v, self.params, self._slope_arg(v))
+
+    def generate_step(self, state: tuple) -> tuple[tuple, torch.Tensor]:
+        """One generate step: (new state, spikes, ON - OFF)."""
+        return self.code.step(state, self.params)
 
     # -- fine-tuning ---------------------------------------------------------------------------
     def make_trainable(self, device=None) -> None:
@@ -191,12 +201,7 @@ class SpikeActivation(nn.Module):
         theta = self.train_log_theta.exp()
         if self.train_shift is not None:
             z = z + self.train_shift
-        args = (theta, self.beta, self.timesteps, self.phi)
-        if self.signed:
-            return quantize_ste(z, *args) - quantize_ste(-z, *args)
-        if self.leaky:
-            return quantize_ste(z, *args) - quantize_ste(self.off_input(z), *args)
-        return quantize_ste(z, *args)
+        return self.code.value(z, Params(theta, self.beta, self.timesteps, self.phi), quantize_ste, self._slope_arg(z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":

@@ -171,7 +171,7 @@ def events_of(snn, report) -> Events:
 
     cost = CostModel(snn.plan, snn.input_shape, snn.input_coding)
     out = cost.shapes.get(snn.plan.output)
-    populations = {m.layer_name: 2 if m.leaky else 1 for m in snn._acts()}  # leaky ReLU: ON and OFF neurons
+    populations = {m.layer_name: m.code.populations if m.leaky else 1 for m in snn._acts()}  # leaky ReLU: ON and OFF
     return Events(spikes=report.spikes, synaptic_events=report.sops,
                   neurons=int(sum(la.neurons * populations.get(la.name, 1) for la in snn.layers)),
                   output_neurons=int(math.prod(out[1:])) if out else 0, timesteps=snn.timesteps,

@@ -27,7 +27,7 @@ import torch
 
 from . import ops
 from .activation import SpikeActivation
-from .neuron import accumulate, generate, generate_step, if_step, initial_potential
+from .neuron import accumulate, if_step, initial_potential
 from .plan import GraphPlan, Region, node_shapes, run_region
 from .schedule import schedule
 
@@ -194,8 +194,7 @@ class TwoPhaseSimulator:
 
         pools = {p: SpikingMaxPool(gm, plan.pools[p]) for p in self.train_pools}
         v_acc: dict = {}
-        v_gen: dict = {}
-        v_off: dict = {}  # leaky layers: the OFF population's potential
+        v_gen: dict = {}  # per layer, each population's potential (codes.py)
         trains: dict = defaultdict(dict)  # train source -> input -> its digits so far (a list)
         counts = {a: torch.zeros(B * N, dtype=dtype, device=x.device) for a in self.act}
         updates = 0  # neuron updates (potentials stepped), all inputs together
@@ -215,17 +214,14 @@ class TwoPhaseSimulator:
                 if not (0 <= i < N and k < sch.code_length[n]):
                     continue
                 if n is self.coder:
-                    if k == 0:
-                        trains[n][i] = list(self._code_input(slots[i], sch.code_length[n]))
+                    if k == 0:  # the image's signed train, made at once (the twin's digits are the neuron's)
+                        trains[n][i] = list(self.act[n].digits(slots[i]))
                     s = trains[n][i][k]
                 elif n in self.act:
                     a = self.act[n]
-                    v_gen[n], s = generate_step(v_gen[n], a.theta, a.beta)
-                    updates += v_gen[n].numel() * (2 if a.leaky else 1)
+                    v_gen[n], s = a.generate_step(v_gen[n])  # every population (codes.py); ON - OFF
+                    updates += v_gen[n][0].numel() * a.code.populations
                     s = s.to(dtype)
-                    if a.leaky:  # the OFF population fires beside it; the train is ON - OFF (never both)
-                        v_off[n], s_off = generate_step(v_off[n], a.theta, a.beta)
-                        s = s - s_off.to(dtype)
                 else:
                     if k == 0:
                         pools[n].reset()
@@ -246,15 +242,13 @@ class TwoPhaseSimulator:
                     v_acc[sk] = self._initial(sk, bias[sk], length)
                 current = self._current(sk, i, k, length, trains, slots[i], zeros, theta)
                 v_acc[sk] = accumulate(v_acc[sk], 0.0 if current is None else current, self.acc_beta[sk])
-                updates += v_acc[sk].numel() * (2 if sk in self.act and self.act[sk].leaky else 1)
+                updates += v_acc[sk].numel() * (self.act[sk].code.populations if sk in self.act else 1)
                 if k == length - 1:  # accumulated: the output's logits, or the potential that generates
                     v = v_acc.pop(sk)
                     if sk is plan.output:
                         logits[i] = v
                     else:
-                        v_gen[sk] = v
-                        if self.act[sk].leaky:
-                            v_off[sk] = self._off_potential(self.act[sk], v, sch.code_length[sk])
+                        v_gen[sk] = self.act[sk].generate_start(v)
             for src in gen_nodes:  # trains no consumer reads any more
                 for i in [i for i in trains[src] if step >= last_read[src] + i * P and not (record and i == 0)]:
                     del trains[src][i]
@@ -282,20 +276,6 @@ class TwoPhaseSimulator:
             a = self.act[sink]
             init = initial_potential(a.potential(init), a.theta, a.beta, a.timesteps, a.phi)
         return init * self.acc_beta[sink] ** (-length)  # a fresh tensor, shaped as one slot's batch
-
-    @staticmethod
-    def _off_potential(a, v, T):
-        """The OFF population's starting potential: -slope * z, plus the same offset phi*theta*beta^-T
-        (v, the accumulated potential, is z plus that offset)."""
-        offset = initial_potential(torch.zeros_like(v), a.theta, a.beta, T, a.phi)
-        return a.off_input(v - offset) + offset
-
-    def _code_input(self, x, T):
-        a = self.act[self.coder]
-        x = a.potential(x)
-        pos, _ = generate(initial_potential(x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
-        neg, _ = generate(initial_potential(-x, a.theta, a.beta, T, a.phi), a.theta, a.beta, T)
-        return pos - neg
 
     def _current(self, sink, i, k, length, trains, x_in, zeros, theta):
         """Sink's input current at step k of its accumulation of input i: every source's digit k

@@ -135,7 +135,7 @@ class Report:
 def _counted_by_digits(mod) -> bool:
     """Layers whose spikes are counted from their digit trains (1 < beta < 2, or the signed input
     coder); the others' from their value: the integer word at beta = 2, the burst length at beta = 1."""
-    return mod.signed or mod.leaky or not countable_from_value(mod.beta)
+    return mod.code.populations > 1 or not countable_from_value(mod.beta)
 
 
 def counting_bytes_per_image(snn, cost: CostModel) -> int:
