@@ -50,6 +50,17 @@ def test_event_counts_equal_what_the_simulator_does(converted):
     assert measured == pytest.approx(ev.synaptic_events, rel=0, abs=1e-9)  # the simulator's spikes x synapses
 
 
+def test_spike_coded_input_neuron_updates_equal_the_simulators():
+    # the input coder's ON and OFF neurons generate for T steps: the engine counts them step by step
+    g = torch.Generator().manual_seed(1)
+    snn = sc.convert(two_layer_net(), torch.randn(64, 3, 6, 6, generator=g, dtype=torch.float64), timesteps=3,
+                     input_coding="spike", threshold="max")
+    x = torch.randn(4, 3, 6, 6, generator=g, dtype=torch.float64)
+    ev = events_of(snn, report(snn, x))
+    assert snn.simulate(x, events=True).extra["neuron_updates"] == ev.neuron_updates == \
+        144 * 2 * 3 + 5 * 3 + 3 * 6 * 6 * 2 * 3
+
+
 def test_the_arithmetic_is_the_documented_one():
     p = EnergyParams()
     ev = Events(spikes=100.0, synaptic_events=500.0, neurons=50, output_neurons=5, timesteps=4,

@@ -171,7 +171,9 @@ def events_of(snn, report) -> Events:
 
     cost = CostModel(snn.plan, snn.input_shape, snn.input_coding)
     out = cost.shapes.get(snn.plan.output)
-    populations = {m.layer_name: m.code.populations if m.leaky else 1 for m in snn._acts()}  # leaky ReLU: ON and OFF
+    # leaky ReLU: ON and OFF neurons, both phases. The input coder's ON and OFF neurons only generate:
+    # 2 populations x T steps, the same count as one population's two phases
+    populations = {m.layer_name: m.code.populations if m.leaky else 1 for m in snn._acts()}
     return Events(spikes=report.spikes, synaptic_events=report.sops,
                   neurons=int(sum(la.neurons * populations.get(la.name, 1) for la in snn.layers)),
                   output_neurons=int(math.prod(out[1:])) if out else 0, timesteps=snn.timesteps,

@@ -217,6 +217,7 @@ class TwoPhaseSimulator:
                     if k == 0:  # the image's signed train, made at once (the twin's digits are the neuron's)
                         trains[n][i] = list(self.act[n].digits(slots[i]))
                     s = trains[n][i][k]
+                    updates += s.numel() * self.act[n].code.populations  # its ON and OFF neurons each step
                 elif n in self.act:
                     a = self.act[n]
                     v_gen[n], s = a.generate_step(v_gen[n])  # every population (codes.py); ON - OFF
