@@ -269,3 +269,11 @@ def test_cli_T_takes_integers_per_layer_and_auto():
         assert p.parse_args([cmd, "-T", "auto", "--latency", "60", "--out", "x"]).latency == 60
     with pytest.raises(Exception, match="integers per layer"):
         p.parse_args(["evaluate", "-T", "4,x"])
+
+
+def test_cli_finetune_takes_T_per_layer_not_auto():
+    from spikeconverter import cli
+
+    assert cli.build_parser().parse_args(["finetune", "-T", "4,3", "--out", "x.snn"]).T == [4, 3]
+    with pytest.raises(ValueError, match="evaluate -T auto"):
+        cli._finetune(cli.build_parser().parse_args(["finetune", "-T", "auto", "--out", "x.snn"]))

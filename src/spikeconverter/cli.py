@@ -146,7 +146,7 @@ def _model_and_calibration(args):
     net, info = load_model(args.model, args.dataset, args.checkpoint)
     dev = resolve(args.device)
     net = net.to(dev)  # converted where it will run; a network file itself is device-free
-    if hasattr(args, "precision"):  # convert / show: float64 unless asked, like evaluate (the same thresholds anywhere)
+    if hasattr(args, "precision"):  # convert / show / export: float64 unless asked, like evaluate (the same thresholds anywhere)
         from .evaluate import PRECISIONS, resolve_precision
 
         net = net.to(PRECISIONS[resolve_precision(args.precision, dev)])
@@ -255,6 +255,9 @@ def _finetune(args) -> int:
     from .finetune import FinetuneConfig, finetune
     from .train import balanced_subset
 
+    if args.T == "auto":
+        raise ValueError("finetune takes T per layer as numbers: choose them with `evaluate -T auto --max-loss PP` "
+                         "(it prints them) and pass -T 4,3,3,...")
     net, info = load_model(args.model, args.dataset, args.checkpoint)
     net = net.to(resolve(args.device))
     sized = sized_kwargs(args.dataset, info)
@@ -274,7 +277,7 @@ def _finetune(args) -> int:
                    **_calibration(args))
     hist = snn.calibration["finetune"]["history"]
     last = hist[-1] if hist else {}
-    print(f"{args.model} fine-tuned at T = {snn.timesteps}: epoch {snn.calibration['finetune']['epoch']}/{args.epochs}"
+    print(f"{args.model} fine-tuned at T = {_T_text(args.T)}: epoch {snn.calibration['finetune']['epoch']}/{args.epochs}"
           + (f", test accuracy (exact twin, {len(test)} images) {last['eval_acc']:.2f} %" if "eval_acc" in last else "")
           + f"; wrote {args.out} (evaluate it with: spikeconverter evaluate --snn {args.out})")
     return 0
@@ -492,12 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data-free", action="store_true",
                     help="no calibration image: inputs synthesised from the model's batch-norm statistics")
     ex.add_argument("--out", required=True, help="the bundle folder to write")
+    _precision(ex)
     ex.set_defaults(func=_export)
 
     ft = sub.add_parser("finetune", parents=runtime, help="fine-tune the quantized twin for few time steps (learned thresholds, "
                         "straight-through gradients); writes a network file every epoch")
     _common(ft)
-    ft.add_argument("-T", "--timesteps", dest="T", type=_positive("-T"), default=3, help="time steps (per phase)")
+    ft.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=3,
+                    help="time steps per phase, or per layer: 4,3,3,... in layer order (e.g. the T that "
+                         "`evaluate -T auto` printed)")
     ft.add_argument("--epochs", type=_positive("--epochs"), default=2, help="epochs (the cosine schedule spans them)")
     ft.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of weights and shifts (cosine to 0)")
     ft.add_argument("--theta-lr", type=float, default=0.002, help="Adam learning rate of the log-thresholds")
