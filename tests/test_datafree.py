@@ -116,3 +116,26 @@ def test_the_commands_take_data_free(tmp_path, monkeypatch):
                  "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["data_free"]["images"] == 16
     assert calls and all(c == (3, 32, 32) for c in calls)
+
+
+def test_the_commands_take_data_free_bn_statistics(tmp_path):
+    """--data-free bn-statistics: no input at all on ResNet-20 (every layer is reached by its BN's
+    statistics, through the residual sums), recorded as such by evaluate, sweep and convert."""
+    import json
+
+    from spikeconverter.cli import main
+    from spikeconverter.models import shipped_checkpoint
+
+    if shipped_checkpoint("resnet20", "cifar10") is None:
+        pytest.skip("no ResNet-20 checkpoint")
+    assert main(["evaluate", "--data-free", "bn-statistics", "-T", "6", "--limit", "50", "--quiet", "--no-compile",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    d = json.loads((tmp_path / "e.json").read_text())["data_free"]
+    assert d["method"] == "bn-statistics" and d["images"] == 0 and d["layers_from_synthesised_inputs"] == []
+    assert len(d["layers_from_bn_statistics"]) == 19
+    assert main(["sweep", "--data-free", "bn-statistics", "-T", "4", "--rate-T", "--limit", "50", "--quiet",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["calibration_images"] == 0 and s["data_free"]["method"] == "bn-statistics"
+    assert main(["convert", "--data-free", "bn-statistics", "-T", "4", "--quiet", "--out", str(tmp_path / "n.snn")]) == 0
+    assert sc.load(tmp_path / "n.snn").calibration["data_free"]["images"] == 0

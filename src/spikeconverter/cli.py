@@ -150,7 +150,7 @@ def _model_and_calibration(args):
         from .evaluate import PRECISIONS, resolve_precision
 
         net = net.to(PRECISIONS[resolve_precision(args.precision, dev)])
-    if getattr(args, "data_free", False):
+    if getattr(args, "data_free", None):
         return net, info, "data-free"
     calib = calibration_data(args.dataset, args.calibration, args.data, download=args.download,
                              **sized_kwargs(args.dataset, info))
@@ -182,6 +182,8 @@ def _converted(args, net, calib, **kw):
                                                 download=args.download, **sized_kwargs(args.dataset, info))
     elif args.max_loss is not None or args.latency is not None:
         raise ValueError("--max-loss / --latency are budgets for -T auto")
+    if isinstance(calib, str):
+        kw["data_free_method"] = args.data_free
     return convert(net, calib, timesteps=args.T, beta=_beta(args.beta), progress=not args.quiet, **options, **kw)
 
 
@@ -335,6 +337,15 @@ def _precision(p):
                         "CPU (convert: the file's precision)")
 
 
+def _data_free(p) -> None:
+    p.add_argument("--data-free", nargs="?", const="synthesised", default=None,
+                   choices=["synthesised", "bn-statistics"], metavar="synthesised|bn-statistics",
+                   help="convert without any image: calibration inputs synthesised from the model's batch-norm "
+                        "statistics (the default: 128 inputs, 300 optimiser steps; --calibration is then unused); "
+                        "bn-statistics: each layer's thresholds from the normal its BN statistics describe, no "
+                        "input at all where they reach (docs/method.md)")
+
+
 def _common(p, T_default=8):
     p.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, fashion_mnist, imagenet, imagenette")
@@ -433,9 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: the exact twin; simulate: the time-stepped spiking network")
     e.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     e.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
-    e.add_argument("--data-free", action="store_true",
-                   help="convert without any image: calibration inputs synthesised from the model's batch-norm "
-                        "statistics (128 inputs, 300 optimiser steps; --calibration is then unused)")
+    _data_free(e)
     e.add_argument("--energy-model", default="default", metavar="default|ops-only|FILE",
                    help="energy per image: the hardware cost model (default; docs/method.md), the 45 nm operation "
                         "count alone (ops-only), or the model with parameters from a JSON/TOML file")
@@ -450,8 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--also-beta", nargs="*", default=[], help="extra beta values as ablation rows (e.g. 1)")
     s.add_argument("--also-beta-T", nargs="+", type=int, default=None,
                    help="time steps for the --also-beta rows (default: the same as -T)")
-    s.add_argument("--data-free", action="store_true",
-                   help="no calibration image: inputs synthesised once from the model's batch-norm statistics")
+    _data_free(s)
     s.add_argument("--plot", default=None, help="write the accuracy-vs-T plot (PNG)")
     s.add_argument("--progress", default=None, metavar="FILE",
                    help="keep finished rows in FILE (JSON) and resume from it when run again with the same "
@@ -479,8 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--method", choices=["spikeconverter", "rate"], default="spikeconverter")
     cv.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     cv.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
-    cv.add_argument("--data-free", action="store_true",
-                    help="no calibration image: inputs synthesised from the model's batch-norm statistics")
+    _data_free(cv)
     cv.add_argument("--out", required=True, help="the network file to write (e.g. net.snn)")
     _precision(cv)
     cv.set_defaults(func=_convert)
@@ -492,8 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time steps per phase; per layer: 4,3,3,... in layer order; auto (with --max-loss or --latency)")
     _budgets(ex)
     ex.add_argument("--samples", type=int, default=8, help="test images saved with the engine's logits (0: none)")
-    ex.add_argument("--data-free", action="store_true",
-                    help="no calibration image: inputs synthesised from the model's batch-norm statistics")
+    _data_free(ex)
     ex.add_argument("--out", required=True, help="the bundle folder to write")
     _precision(ex)
     ex.set_defaults(func=_export)

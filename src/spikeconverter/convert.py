@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -702,7 +703,7 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             sequential: bool | None = None, bias_correction: bool | None = None, *,
             input_shape: tuple | None = None, data_free_images: int = 128, data_free_steps: int = 300,
             seed: int = 0, max_loss: float | None = None, latency: int | None = None,
-            selection=None) -> SpikingNetwork:
+            selection=None, data_free_method: str = "synthesised") -> SpikingNetwork:
     """Convert a trained CNN into a spiking network.
 
     Args:
@@ -710,7 +711,10 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         calibration: a tensor batch, or an iterable of tensors or (input, label) pairs; or
             "data-free": no images, the calibration inputs are synthesised from the model's batch-norm
             statistics (datafree.py; needs ``input_shape``, one sample's shape, and BN layers;
-            ``data_free_images``, ``data_free_steps`` and ``seed`` set the synthesis).
+            ``data_free_images``, ``data_free_steps`` and ``seed`` set the synthesis). With
+            ``data_free_method="bn-statistics"`` no input at all: each layer's threshold minimises
+            the expected quantization error of the normal distribution its BN statistics give
+            (bn_thresholds.py); layers those do not reach are calibrated on synthesised inputs.
         timesteps: T, steps per phase (two-phase) or simulation steps (rate). Two-phase also per
             layer: a dict {layer name: T} naming every spiking layer, or a list in layer order
             (``snn.layers``); each layer quantizes to its own T-step code and generates for T steps,
@@ -754,8 +758,20 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             raise ValueError(f"calibration must be images or 'data-free', got {calibration!r}")
         if input_shape is None:
             raise ValueError("data-free conversion needs input_shape= (one sample's shape, e.g. (3, 32, 32))")
-        from .datafree import synthesize_inputs
+        from .datafree import NO_BN, _bn_layers, synthesize_inputs
 
+        if data_free_method not in ("synthesised", "bn-statistics"):
+            raise ValueError(f"data_free_method must be 'synthesised' or 'bn-statistics', got {data_free_method!r}")
+        if data_free_method == "bn-statistics":
+            if not _bn_layers(model):
+                raise ValueError(NO_BN)
+            if auto:
+                raise ValueError("timesteps='auto' needs images to judge on; use the synthesised data-free method")
+            synth = dict(n=data_free_images, steps=data_free_steps, seed=seed, progress=progress)
+            return _convert_bn_statistics(model, tuple(input_shape), synth, dict(
+                timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi, input_coding=input_coding,
+                fixed_point=fixed_point, per_channel=per_channel, sequential=sequential,
+                bias_correction=bias_correction, progress=progress))
         calibration, data_free = synthesize_inputs(model, tuple(input_shape), n=data_free_images, steps=data_free_steps,
                                                    seed=seed, progress=progress)
     if auto:
@@ -855,4 +871,49 @@ def _convert_auto(model, calibration, data_free, max_loss, latency, selection, p
     snn.calibration["timesteps_search"] = record
     if data_free is not None:
         snn.calibration["data_free"] = data_free
+    return snn
+
+
+def _convert_bn_statistics(model, input_shape: tuple, synth: dict, kw: dict) -> SpikingNetwork:
+    """data_free_method="bn-statistics": thresholds from BN statistics where they reach a layer
+    (bn_thresholds.py), synthesised inputs for the others (only if there are any)."""
+    from .bn_thresholds import pre_activation_moments, thresholds_from_moments
+    from .datafree import synthesize_inputs
+
+    if kw.get("fixed_point"):
+        raise ValueError("data_free_method='bn-statistics' with fixed_point is not built yet; use the synthesised "
+                         "data-free method")
+    t0 = time.time()
+    g = torch.Generator().manual_seed(synth["seed"])  # an input only to trace with (its values set nothing kept)
+    example = torch.randn((2,) + input_shape, generator=g).to(device=_device(model), dtype=_dtype(model))
+    probe = prepare(model, kw["input_coding"], lambda: example)
+    missing = [a for a in probe.spikers if a not in pre_activation_moments(probe)]
+    synthesised = None
+    if missing:  # those layers need activations to calibrate on: synthesise inputs (method 2)
+        calibration, synthesised = synthesize_inputs(model, input_shape, n=synth["n"], steps=synth["steps"],
+                                                     seed=synth["seed"], progress=synth["progress"])
+        snn = convert(model, calibration, **kw)
+    else:  # every layer from BN statistics: the conversion only needs the example to trace
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few calibration images": none of their thresholds is kept
+            snn = convert(model, example, **dict(kw, bias_correction=False, sequential=False))
+    plan, spec = snn.plan, snn.threshold
+    per_channel = snn.calibration["per_channel"]
+    mixed = pools_mixing_channels(plan, example[:1]) if per_channel else set()
+    moments = pre_activation_moments(plan)
+    for info, a in zip(snn.layers, plan.spikers):
+        if a not in moments:
+            continue
+        m = plan.gm.get_submodule(a.target)
+        theta, err = thresholds_from_moments(*moments[a], m.cap, spec, m.beta, m.timesteps, m.phi,
+                                             per_channel=per_channel and a not in mixed)
+        m.theta = theta.reshape(m.theta_map.shape).to(m.theta_map) if torch.is_tensor(theta) else float(theta)
+        m.shift = None  # no bias correction without observed activations
+        info.theta, info.error = m.theta, err
+    names = {a: plan.layer_name(a) for a in plan.spikers}
+    snn.calibration["data_free"] = dict(
+        method="bn-statistics", images=0 if synthesised is None else synthesised["images"],
+        layers_from_bn_statistics=[names[a] for a in plan.spikers if a in moments],
+        layers_from_synthesised_inputs=[names[a] for a in plan.spikers if a not in moments],
+        seconds=round(time.time() - t0, 1), **({"synthesis": synthesised} if synthesised else {}))
     return snn

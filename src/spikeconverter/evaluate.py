@@ -218,7 +218,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0, compile: bool = True,
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
              snn: str | None = None, device: str | None = None, precision: str | None = None,
-             energy_model: str = "default", data_free: bool = False, max_loss: float | None = None,
+             energy_model: str = "default", data_free: bool | str = False, max_loss: float | None = None,
              latency: int | None = None) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
@@ -227,8 +227,9 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     dict {layer name: T}; or "auto" with ``max_loss`` (pp) or ``latency`` (steps): T per layer
     chosen on SELECTION_IMAGES held-out training images (allocate.py), never on test images.
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
-    ``data_free``: no calibration image: 128 inputs synthesised from the model's batch-norm statistics
-    (datafree.py; ``calibration`` is then unused).
+    ``data_free``: no calibration image: True or "synthesised", 128 inputs synthesised from the
+    model's batch-norm statistics (datafree.py; ``calibration`` is then unused); "bn-statistics",
+    thresholds from the statistics themselves (bn_thresholds.py).
     ``energy_model``: "default" (energy.py's hardware cost model, beside the operation count),
     "ops-only" (the 45 nm operation count alone), or a JSON/TOML file of energy.py parameters.
     ``precision``: the arithmetic of conversion and measurement, float64 (the default; float32 on
@@ -268,6 +269,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     net, info = load_model(model, dataset, checkpoint)
     net = net.to(device=dev, dtype=dtype)  # convert() keeps the model's precision
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
+    free_method = _data_free_method(data_free)
     calib = "data-free" if data_free else calibration_data(dataset, calibration, data_root, seed, download=download,
                                                            **sized_kwargs(dataset, info))
     budget = {}
@@ -278,6 +280,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
         lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
                         progress=not quiet, input_shape=tuple(test[0][0].shape) if data_free else None,
+                        **({"data_free_method": free_method} if data_free else {}),
                         **budget, **dict(zip(CALIBRATION_KEYS, options))))
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, 0 if data_free else len(calib), engine, batch_size, quiet, compile, t0)}
@@ -287,6 +290,16 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if "timesteps_search" in snn.calibration:
         out["timesteps_search"] = snn.calibration["timesteps_search"]
     return _with_energy(out, snn, params)
+
+
+def _data_free_method(data_free) -> str | None:
+    """True / "synthesised" / "bn-statistics" -> the convert() method name; False/None -> None."""
+    if not data_free:
+        return None
+    method = "synthesised" if data_free is True else data_free
+    if method not in ("synthesised", "bn-statistics"):
+        raise ValueError(f"--data-free must be synthesised or bn-statistics, got {data_free!r}")
+    return method
 
 
 def _energy_params(energy_model: str):
@@ -415,8 +428,14 @@ def format_evaluate(r: dict) -> str:
              else "not recorded in the file")
     if r.get("data_free"):
         d = r["data_free"]
-        calib = (f"no images (data-free: {d['images']} inputs synthesised from batch-norm statistics, {d['steps']} "
-                 f"steps, {d['seconds']:.0f} s)")
+        if d.get("method") == "bn-statistics":
+            n_bn, rest = len(d["layers_from_bn_statistics"]), d["layers_from_synthesised_inputs"]
+            calib = (f"no images (data-free from BN statistics: {n_bn} of {n_bn + len(rest)} layers"
+                     + (f"; the other {len(rest)} on {d['images']} synthesised inputs" if rest else "")
+                     + f", {d['seconds']:.0f} s)")
+        else:
+            calib = (f"no images (data-free: {d['images']} inputs synthesised from batch-norm statistics, "
+                     f"{d['steps']} steps, {d['seconds']:.0f} s)")
     rows = [
         ("model / data", f"{name} / {r['dataset']} ({r['test_images']} test images; calibration: {calib})"),
         ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']}"
@@ -473,7 +492,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
           calibration: int = 512, data_root=None, batch_size: int = 250, quiet: bool = False, seed: int = 0,
           extra_betas=(), extra_beta_timesteps=None, compile: bool = True, download: bool = False,
           per_channel=None, sequential=None, bias_correction=None, device: str | None = None,
-          progress_file=None, data_free: bool = False, precision: str | None = None) -> dict:
+          progress_file=None, data_free: bool | str = False, precision: str | None = None) -> dict:
     """Accuracy, latency and spikes vs T for our method (each T converted anew) and the rate
     baseline (one simulation of max(rate_timesteps) steps, read at every requested T).
 
@@ -506,7 +525,12 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     rate_test = fixed_subset(test, rate_limit, seed) if rate_limit else test
     synthesised = None
-    if data_free:  # once for every row: the rows then differ by T alone, as with images
+    free_method = _data_free_method(data_free)
+    convert_kw = {}
+    if free_method == "bn-statistics":  # each row's thresholds from the statistics (no input to share)
+        calib = "data-free"
+        convert_kw = dict(input_shape=tuple(test[0][0].shape), data_free_method=free_method, seed=seed)
+    elif data_free:  # once for every row: the rows then differ by T alone, as with images
         from .datafree import synthesize_inputs
 
         calib, synthesised = synthesize_inputs(net, tuple(test[0][0].shape), seed=seed, progress=not quiet)
@@ -517,7 +541,8 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     progress = _Progress(progress_file, dict(
         model=model, dataset=dataset, checkpoint=info["checkpoint"], data=getattr(test, "source", ""),
         test_images=len(test), rate_images=len(rate_test), limit=limit, rate_limit=rate_limit, seed=seed,
-        calibration="data-free" if data_free else calibration, options=options, beta=beta, precision=precision))
+        calibration=("data-free" + ("" if free_method == "synthesised" else f" {free_method}")) if data_free else calibration,
+        options=options, beta=beta, precision=precision))
     ann_acc = progress.value("ann_accuracy", lambda: _ann_accuracy(net, test, batch_size, quiet))
     ann_acc_rate = ann_acc if rate_test is test else progress.value(
         "ann_accuracy_rate_images", lambda: _ann_accuracy(net, rate_test, batch_size, quiet))
@@ -529,7 +554,9 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             if (done := progress.row(method, T)) is not None:
                 rows.append(done)
                 continue
-            snn = distributed.shared_network(lambda: convert(net, calib, timesteps=T, beta=b, **options))
+            snn = distributed.shared_network(lambda: convert(net, calib, timesteps=T, beta=b, **options, **convert_kw))
+            if free_method == "bn-statistics" and synthesised is None:
+                synthesised = snn.calibration["data_free"]
             snn.compile(compile)
             cost = CostModel(snn.plan, snn.input_shape)
             bs = counting_batch(snn, cost, batch_size)
@@ -553,7 +580,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
         rows += done_rate
     elif rate_timesteps:
         tmax = max(rate_timesteps)
-        rate = distributed.shared_network(lambda: convert(net, calib, timesteps=tmax, method="rate"))
+        rate = distributed.shared_network(lambda: convert(net, calib, timesteps=tmax, method="rate", **convert_kw))
         cost = CostModel(rate.plan, rate.input_shape)
         accs = {t: _Accumulator() for t in rate_timesteps}
         records = {t: [] for t in rate_timesteps}

@@ -249,6 +249,11 @@ def _fold(lin: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     shape = [-1] + [1] * (w.ndim - 1)
     lin.weight = nn.Parameter(w * scale.reshape(shape))
     lin.bias = nn.Parameter(b * scale + shift)
+    # what BN assumes of its output, per channel (mean beta, standard deviation |gamma|): the
+    # data-free thresholds of bn_thresholds.py read it (conversion time only; not saved)
+    ones = torch.ones_like(bn.running_mean)
+    lin.bn_moments = ((bn.bias.detach().clone() if bn.affine else ones * 0),
+                      (bn.weight.detach().abs().clone() if bn.affine else ones))
     return lin
 
 
