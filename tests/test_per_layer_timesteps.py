@@ -277,3 +277,36 @@ def test_cli_finetune_takes_T_per_layer_not_auto():
     assert cli.build_parser().parse_args(["finetune", "-T", "4,3", "--out", "x.snn"]).T == [4, 3]
     with pytest.raises(ValueError, match="evaluate -T auto"):
         cli._finetune(cli.build_parser().parse_args(["finetune", "-T", "auto", "--out", "x.snn"]))
+
+
+class PoolOverBranches(nn.Module):
+    """GoogLeNet-style: a max-pool over the concat of two branches of different depth (and T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b1, self.b2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        b = torch.relu(self.b2(torch.relu(self.b1(x))))
+        p = nn.functional.max_pool2d(torch.cat([a, b], 1), 2)
+        return self.fc(torch.relu(self.c(p)).flatten(1))
+
+
+@pytest.mark.parametrize("timesteps", [4, [3, 2, 5, 4], [6, 3, 2, 2]])
+def test_pool_over_branches_of_different_depth_and_T(timesteps):
+    # the pool forwards when the deeper branch generates, reading the shallower one's stored train
+    # (which must still be there when nothing records it), zeros once a shorter train has ended
+    torch.manual_seed(4)
+    model = PoolOverBranches().double().eval()
+    g = torch.Generator().manual_seed(4)
+    snn = sc.convert(model, torch.randn(32, 3, 8, 8, generator=g, dtype=torch.float64), timesteps=timesteps)
+    x = torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    res = check_identical(snn, x)
+    plain = snn.simulate(x, neuron_counts=True)
+    assert torch.equal(plain.logits, res.logits)
+    streamed = snn.simulate(x, stream=True)
+    assert torch.equal(streamed.logits, torch.cat([snn.simulate(x[i : i + 1]).logits for i in range(len(x))]))

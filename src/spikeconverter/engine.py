@@ -226,7 +226,9 @@ class TwoPhaseSimulator:
                 else:
                     if k == 0:
                         pools[n].reset()
-                    s = pools[n].step({src: trains[src][i][k] for src in plan.pools[n].sources})
+                    # a shorter train (a branch with fewer steps) has ended: its neurons are silent
+                    s = pools[n].step({src: trains[src][i][k] if k < len(trains[src][i]) else zeros[src]
+                                       for src in plan.pools[n].sources})
                 if n is not self.coder:
                     trains[n].setdefault(i, []).append(s)
                 if n in self.act:

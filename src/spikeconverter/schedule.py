@@ -42,9 +42,16 @@ class Schedule:
         return self.acc_start[sink] - self.gen_start[source]
 
     def last_read(self, source: fx.Node, consumers: list[fx.Node]) -> int:
-        """The last step (input 0) at which any of ``consumers`` reads ``source``'s train."""
-        return max((self.acc_start[c] + min(self.code_length[source], self.acc_length[c]) - 1 for c in consumers
-                    if c in self.acc_start), default=self.gen_start[source] + self.code_length[source] - 1)
+        """The last step (input 0) at which any of ``consumers`` reads ``source``'s train: a sink
+        while it accumulates, a max-pool while it forwards (a pool over a concat of branches of
+        different depth forwards when the deepest generates, reading the others' stored trains)."""
+        last = self.gen_start[source] + self.code_length[source] - 1
+        for c in consumers:
+            if c in self.acc_start:
+                last = max(last, self.acc_start[c] + min(self.code_length[source], self.acc_length[c]) - 1)
+            elif c in self.gen_start:  # a max-pool looks at every source in each of its steps
+                last = max(last, self.gen_start[c] + self.code_length[c] - 1)
+        return last
 
 
 def schedule(plan: GraphPlan, timesteps: dict[fx.Node, int]) -> Schedule:
