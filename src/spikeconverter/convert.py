@@ -744,41 +744,58 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         uses none of them). With any of them the calibration batches are kept in memory (they are
         run once or twice per spiking depth).
     """
+    auto = _check_budgets(timesteps, max_loss, latency, method)
+    _check_args(8 if auto else timesteps, beta, threshold, method, phi, input_coding, fixed_point)
+    kw = dict(beta=beta, threshold=threshold, method=method, phi=phi, input_coding=input_coding,
+              fixed_point=fixed_point, per_channel=per_channel, sequential=sequential, bias_correction=bias_correction)
+    data_free = None
+    if isinstance(calibration, str):
+        synth = dict(n=data_free_images, steps=data_free_steps, seed=seed, progress=progress)
+        if _data_free_method(model, calibration, input_shape, data_free_method, auto) == "bn-statistics":
+            return _convert_bn_statistics(model, tuple(input_shape), synth, dict(kw, timesteps=timesteps,
+                                                                                  progress=progress))
+        from .datafree import synthesize_inputs
+
+        calibration, data_free = synthesize_inputs(model, tuple(input_shape), **synth)
+    if auto:
+        return _convert_auto(model, calibration, data_free, max_loss, latency, selection, progress, kw)
+    return _convert_from(model, calibration, timesteps, progress=progress, data_free=data_free, **kw)
+
+
+def _check_budgets(timesteps, max_loss, latency, method) -> bool:
+    """Whether T is to be chosen ("auto"), after checking that the budgets go with it."""
     auto = isinstance(timesteps, str)
     if auto and timesteps != "auto":
         raise ValueError(f"timesteps must be an integer, per-layer values or 'auto', got {timesteps!r}")
     if not auto and (max_loss is not None or latency is not None):
         raise ValueError("max_loss / latency are budgets for timesteps='auto'")
-    _check_args(8 if auto else timesteps, beta, threshold, method, phi, input_coding, fixed_point)
     if auto and method != "spikeconverter":
         raise ValueError("timesteps='auto' applies to the two-phase method")
-    data_free = None
-    if isinstance(calibration, str):
-        if calibration != "data-free":
-            raise ValueError(f"calibration must be images or 'data-free', got {calibration!r}")
-        if input_shape is None:
-            raise ValueError("data-free conversion needs input_shape= (one sample's shape, e.g. (3, 32, 32))")
-        from .datafree import NO_BN, _bn_layers, synthesize_inputs
+    return auto
 
-        if data_free_method not in ("synthesised", "bn-statistics"):
-            raise ValueError(f"data_free_method must be 'synthesised' or 'bn-statistics', got {data_free_method!r}")
-        if data_free_method == "bn-statistics":
-            if not _bn_layers(model):
-                raise ValueError(NO_BN)
-            if auto:
-                raise ValueError("timesteps='auto' needs images to judge on; use the synthesised data-free method")
-            synth = dict(n=data_free_images, steps=data_free_steps, seed=seed, progress=progress)
-            return _convert_bn_statistics(model, tuple(input_shape), synth, dict(
-                timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi, input_coding=input_coding,
-                fixed_point=fixed_point, per_channel=per_channel, sequential=sequential,
-                bias_correction=bias_correction, progress=progress))
-        calibration, data_free = synthesize_inputs(model, tuple(input_shape), n=data_free_images, steps=data_free_steps,
-                                                   seed=seed, progress=progress)
-    if auto:
-        return _convert_auto(model, calibration, data_free, max_loss, latency, selection, progress,
-                             dict(beta=beta, threshold=threshold, method=method, phi=phi, input_coding=input_coding,
-                                  fixed_point=fixed_point, per_channel=per_channel, sequential=sequential,
-                                  bias_correction=bias_correction))
+
+def _data_free_method(model, calibration: str, input_shape, method: str, auto: bool) -> str:
+    """The checked data-free method for calibration="data-free"."""
+    from .datafree import NO_BN, _bn_layers
+
+    if calibration != "data-free":
+        raise ValueError(f"calibration must be images or 'data-free', got {calibration!r}")
+    if input_shape is None:
+        raise ValueError("data-free conversion needs input_shape= (one sample's shape, e.g. (3, 32, 32))")
+    if method not in ("synthesised", "bn-statistics"):
+        raise ValueError(f"data_free_method must be 'synthesised' or 'bn-statistics', got {method!r}")
+    if method == "bn-statistics":
+        if not _bn_layers(model):
+            raise ValueError(NO_BN)
+        if auto:
+            raise ValueError("timesteps='auto' needs images to judge on; use the synthesised data-free method")
+    return method
+
+
+def _convert_from(model, calibration, timesteps, *, beta, threshold, method, phi, input_coding, fixed_point,
+                  per_channel, sequential, bias_correction, progress, data_free) -> SpikingNetwork:
+    """convert() once the calibration images (or synthesised inputs) and T are known: trace,
+    calibrate, assemble the network."""
     if fixed_point and per_channel is None:
         # the fixed-point grid is one per layer: thresholds spread over channels would make it finer
         # and leave float64's exact range at ResNet-size T = 8 (opt in with per_channel=True)
@@ -794,9 +811,7 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
     calibration = peek.calibration
     _check_leaky(plan, method, fixed_point)
     per_layer = layer_timesteps(plan, timesteps)
-    timesteps = max(per_layer.values())  # the network's period: a new input every max_l T_l steps
-    gm = plan.gm
-    mods = {a: gm.get_submodule(a.target) for a in plan.spikers}
+    mods = {a: plan.gm.get_submodule(a.target) for a in plan.spikers}
     if staged:
         input_shape, neurons, chosen = _calibrate_staged(
             plan, mods, calibration, threshold, beta, per_layer, phi,
@@ -808,15 +823,8 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
             m = mods[a]
             m.theta, m.beta, m.timesteps = chosen[a][0], chosen[a][1], per_layer[a]
             m.phi = phi if method == "spikeconverter" else 0.0
-    groups = _beta_groups(plan)
-
-    layers = []
-    for a in plan.spikers:
-        m = mods[a]
-        m.observer = None
-        layers.append(LayerInfo(m.layer_name, m.theta, m.beta, m.phi, m.cap, neurons.get(a, 0), plan.depth[a],
-                                chosen[a][2], groups[a]))
-    snn = SpikingNetwork(plan, method, timesteps, layers, input_shape, input_coding, threshold)
+    snn = _assemble(plan, mods, method, max(per_layer.values()), neurons, chosen, input_shape, input_coding,
+                    threshold)
     snn.calibration = dict(threshold=threshold, per_channel=per_channel, sequential=sequential,
                            bias_correction=bias_correction)
     if data_free is not None:  # no image was used: the file and the reports say so
@@ -826,9 +834,22 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
 
         snn.double()
         snn.exact_bounds = fx_point.apply(plan, input_shape)
-        for info, a in zip(layers, plan.spikers):
-            info.theta = gm.get_submodule(a.target).theta
+        for info, a in zip(snn.layers, plan.spikers):
+            info.theta = mods[a].theta
     return snn
+
+
+def _assemble(plan, mods, method, period, neurons, chosen, input_shape, input_coding, threshold) -> SpikingNetwork:
+    """The SpikingNetwork from calibrated modules. ``period``: the longest T (a new input every
+    max_l T_l steps)."""
+    groups = _beta_groups(plan)
+    layers = []
+    for a in plan.spikers:
+        m = mods[a]
+        m.observer = None
+        layers.append(LayerInfo(m.layer_name, m.theta, m.beta, m.phi, m.cap, neurons.get(a, 0), plan.depth[a],
+                                chosen[a][2], groups[a]))
+    return SpikingNetwork(plan, method, period, layers, input_shape, input_coding, threshold)
 
 
 def _convert_auto(model, calibration, data_free, max_loss, latency, selection, progress, kw) -> SpikingNetwork:
