@@ -182,8 +182,8 @@ def _converted(args, net, calib, **kw):
                                                 download=args.download, **sized_kwargs(args.dataset, info))
     elif args.max_loss is not None or args.latency is not None:
         raise ValueError("--max-loss / --latency are budgets for -T auto")
-    if isinstance(calib, str):
-        kw["data_free_method"] = args.data_free
+    if isinstance(calib, str):  # --data-free (show has no such option)
+        kw["data_free_method"] = getattr(args, "data_free", None)
     return convert(net, calib, timesteps=args.T, beta=_beta(args.beta), progress=not args.quiet, **options, **kw)
 
 
