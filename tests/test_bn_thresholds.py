@@ -13,7 +13,7 @@ from spikeconverter.neuron import max_value, quantize_fast
 from test_equivalence import check_identical
 
 
-def _expected_error(theta, mean, sd, cap, T, n=200_001):
+def _expected_error(theta, mean, sd, cap, T, n=50_001):
     """E[(q(z) - act(z))^2] for z ~ N(mean, sd^2), by a dense quadrature on the density."""
     z = torch.linspace(mean - 8 * sd, mean + 8 * sd, n, dtype=torch.float64)
     w = torch.exp(-0.5 * ((z - mean) / sd) ** 2)
@@ -29,9 +29,13 @@ def test_thresholds_minimise_the_expected_error_of_the_normal(mean, sd, cap, T):
     theta, _ = thresholds_from_moments(torch.tensor([mean], dtype=torch.float64),
                                        torch.tensor([sd**2], dtype=torch.float64), cap, "mse", 2.0, T, 0.5)
     theta = float(theta[0])
-    # direct numerical minimisation: every clip value on a fine grid up to the distribution's far tail
+    # direct numerical minimisation: a grid of clip values up to the distribution's far tail, then a
+    # finer one around the best
     top = min(mean + 6 * sd, cap) if cap is not None else mean + 6 * sd
-    grid = torch.linspace(0.01, 1.0, 1500, dtype=torch.float64) * top / max_value(1.0, 2.0, T)
+    grid = torch.linspace(0.01, 1.0, 200, dtype=torch.float64) * top / max_value(1.0, 2.0, T)
+    errors = torch.tensor([_expected_error(float(t), mean, sd, cap, T) for t in grid])
+    step = float(grid[1] - grid[0])
+    grid = float(grid[int(errors.argmin())]) + torch.linspace(-2 * step, 2 * step, 201, dtype=torch.float64)
     errors = torch.tensor([_expected_error(float(t), mean, sd, cap, T) for t in grid])
     best = int(errors.argmin())
     found = _expected_error(theta, mean, sd, cap, T)
