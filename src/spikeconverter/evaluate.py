@@ -371,7 +371,8 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     if compile:
         from .neuron import _compiled_kernel
 
-        if _compiled_kernel is None and not quiet:
+        # the fused kernel serves float32 only (built on first use): a float64 run builds nothing
+        if _compiled_kernel is None and not quiet and next(snn.parameters()).dtype == torch.float32:
             print("compiling the fused quantizer once (about 25 s on first use on this machine) ...", flush=True)
         snn.compile()
     t_convert = time.time() - t0
