@@ -310,3 +310,19 @@ def test_pool_over_branches_of_different_depth_and_T(timesteps):
     assert torch.equal(plain.logits, res.logits)
     streamed = snn.simulate(x, stream=True)
     assert torch.equal(streamed.logits, torch.cat([snn.simulate(x[i : i + 1]).logits for i in range(len(x))]))
+
+
+def test_evaluate_report_shows_the_per_layer_T_and_how_they_were_chosen():
+    from spikeconverter.evaluate import format_evaluate
+
+    r = dict(model="resnet20", dataset="cifar10", test_images=10, calibration_images=512, method="spikeconverter",
+             engine="fast", beta=2.0, threshold="mse", ann_accuracy=90.0, snn_accuracy=89.0, difference_pp=-1.0,
+             timesteps=4, timesteps_per_layer={"a": 4, "b": 3}, latency_steps=11, spiking_depth=2, steps_per_input=4,
+             spikes=1.0, sops=1.0, snn_macs=1.0, ann_macs=1.0, energy_snn_uj=1.0, energy_ann_uj=1.0,
+             energy_ratio=1.0, energy_convention="e",
+             timesteps_search=dict(budget={"max_loss_pp": 0.5}, images=1024, judged_on="held-out training images",
+                                   loss_pp=0.4, loss_pp_converted=0.6, network="calibrated for the allocation",
+                                   evaluations=12, seconds=30.0))
+    text = format_evaluate(r)
+    assert "per layer, 3-4: a=4 b=3" in text and "11 steps end to end (longest path" in text
+    assert "within 0.5 pp, on 1024 held-out training images" in text and "test loss is usually higher" in text

@@ -461,7 +461,9 @@ def format_evaluate(r: dict) -> str:
             rows += [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
                                   f"{search['loss_pp']:+.2f} pp as searched, {search['loss_pp_converted']:+.2f} pp "
                                   f"recalibrated for it; kept: {search.get('network', 'recalibrated')} "
-                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s)")]
+                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s); the ANN was "
+                                  "trained on these images, so the test loss is usually higher (docs/results.md, "
+                                  "Latency)")]
         rows += [("latency", f"{r['latency_steps']} steps end to end (longest path, L = {r['spiking_depth']})"),
                  ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined: the longest T)")]
     else:
