@@ -85,6 +85,83 @@ class _Judge:
         return float((p.exp() * (p - q)).sum(1).mean())
 
 
+class _Allocations:
+    """Allocations of one model: the uniform conversions their thresholds come from (made on first
+    use), the latency of each, and one working network they are applied to."""
+
+    def __init__(self, model, calibration, convert_kw, progress, t0):
+        self.model, self.calibration, self.kw, self.progress, self.t0 = model, calibration, convert_kw, progress, t0
+        self.nets: dict[int, object] = {}
+        self.work = self.mods = None
+
+    def uniform(self, T: int):
+        if T not in self.nets:
+            self.nets[T] = convert(self.model, self.calibration, timesteps=T, **self.kw)
+            if self.progress:
+                print(f"  T = {T} converted ({time.time() - self.t0:.0f} s)", flush=True)
+        return self.nets[T]
+
+    def index(self, T: int) -> None:
+        """The graph's spiking layers, their groups and names (from any conversion: all trace alike)."""
+        plan = self.uniform(T).plan
+        self.plan, self.spikers = plan, list(plan.spikers)
+        self.groups: dict[int, list] = {}
+        for a, g in _beta_groups(plan).items():
+            self.groups.setdefault(g, []).append(self.spikers.index(a))
+        self.names = [plan.layer_name(a) for a in self.spikers]
+
+    def latency(self, alloc) -> int:
+        return schedule(self.plan, dict(zip(self.spikers, alloc))).latency
+
+    def start(self, T: int) -> None:
+        self.work = copy.deepcopy(self.uniform(T))
+        self.mods = [self.work.gm.get_submodule(a.target) for a in self.work.plan.spikers]
+
+    def apply(self, alloc) -> object:
+        """The working network with each layer's threshold and shift from the conversion at its T."""
+        for i, T in enumerate(alloc):
+            net = self.uniform(T)
+            src = net.gm.get_submodule(net.plan.spikers[i].target)
+            m = self.mods[i]
+            m.theta = src.theta.clone() if torch.is_tensor(src.theta) else src.theta
+            m.shift = None if src.shift is None else src.shift.clone()
+            m.timesteps = src.timesteps
+        return self.work
+
+    def named(self, alloc) -> dict[str, int]:
+        return dict(zip(self.names, alloc))
+
+
+def _starting_T(judge: _Judge, allocs: _Allocations, candidates, max_loss, latency) -> int:
+    """The smallest uniform T within the loss budget, or whose latency reaches the latency budget."""
+    for T in candidates:
+        if max_loss is not None:
+            if judge.loss(allocs.uniform(T)) <= max_loss:
+                return T
+        elif allocs.latency([T] * len(allocs.spikers)) >= latency:
+            return T
+    if max_loss is not None:
+        raise ValueError(f"no uniform T up to {candidates[-1]} is within {max_loss} pp on the selection images; "
+                         "allow larger T (candidates) or a larger loss")
+    return candidates[-1]
+
+
+def _moves(judge: _Judge, allocs: _Allocations, alloc, cur, lowest) -> list:
+    """Every group shortened by one step that shortens the latency: (divergence added per step saved,
+    allocation, divergence), best first."""
+    moves = []
+    for members in allocs.groups.values():
+        if any(alloc[i] - 1 < lowest for i in members):
+            continue
+        new = [t - 1 if i in members else t for i, t in enumerate(alloc)]
+        saved = cur["latency"] - allocs.latency(new)
+        if saved <= 0:
+            continue
+        div = judge.divergence(allocs.apply(new))
+        moves.append(((div - cur["divergence"]) / saved, new, div))
+    return sorted(moves, key=lambda m: m[0])
+
+
 def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Tensor, *,
                      max_loss: float | None = None, latency: int | None = None,
                      candidates=(2, 3, 4, 5, 6, 7, 8), progress: bool = False, **convert_kw) -> Search:
@@ -98,94 +175,37 @@ def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Ten
     candidates = sorted(set(int(t) for t in candidates))
     t0 = time.time()
     judge = _Judge(model, images, labels)
-    nets: dict[int, object] = {}
-
-    def uniform(T):
-        if T not in nets:
-            nets[T] = convert(model, calibration, timesteps=T, **convert_kw)
-            if progress:
-                print(f"  T = {T} converted ({time.time() - t0:.0f} s)", flush=True)
-        return nets[T]
-
-    plan_net = uniform(candidates[0])
-    plan = plan_net.plan
-    spikers = list(plan.spikers)
-    groups: dict[int, list] = {}
-    for a, g in _beta_groups(plan).items():
-        groups.setdefault(g, []).append(spikers.index(a))
-    names = [plan.layer_name(a) for a in spikers]
-
-    def lat(alloc) -> int:
-        return schedule(plan, dict(zip(spikers, alloc))).latency
-
-    # the starting uniform T
-    start = None
-    for T in candidates:
-        if max_loss is not None:
-            if judge.loss(uniform(T)) <= max_loss:
-                start = T
-                break
-        elif lat([T] * len(spikers)) >= latency:
-            start = T
-            break
-    if start is None:
-        if max_loss is not None:
-            raise ValueError(f"no uniform T up to {candidates[-1]} is within {max_loss} pp on the selection images; "
-                             "allow larger T (candidates) or a larger loss")
-        start = candidates[-1]
-    work = copy.deepcopy(uniform(start))
-    mods = [work.gm.get_submodule(a.target) for a in work.plan.spikers]
-
-    def apply(alloc) -> None:
-        for i, T in enumerate(alloc):
-            src = uniform(T).gm.get_submodule(uniform(T).plan.spikers[i].target)
-            m = mods[i]
-            m.theta = src.theta.clone() if torch.is_tensor(src.theta) else src.theta
-            m.shift = None if src.shift is None else src.shift.clone()
-            m.timesteps = src.timesteps
-
-    alloc = [start] * len(spikers)
-    apply(alloc)
-    cur = dict(latency=lat(alloc), loss_pp=judge.loss(work), divergence=judge.divergence(work))
-    steps = [dict(cur, timesteps=dict(zip(names, alloc)))]
-    lowest = candidates[0]
+    allocs = _Allocations(model, calibration, convert_kw, progress, t0)
+    allocs.index(candidates[0])
+    start = _starting_T(judge, allocs, candidates, max_loss, latency)
+    allocs.start(start)
+    alloc = [start] * len(allocs.spikers)
+    work = allocs.apply(alloc)
+    cur = dict(latency=allocs.latency(alloc), loss_pp=judge.loss(work), divergence=judge.divergence(work))
+    steps = [dict(cur, timesteps=allocs.named(alloc))]
     while latency is None or cur["latency"] > latency:
-        moves = []
-        for members in groups.values():
-            if any(alloc[i] - 1 < lowest for i in members):
-                continue
-            new = [t - 1 if i in members else t for i, t in enumerate(alloc)]
-            saved = cur["latency"] - lat(new)
-            if saved <= 0:
-                continue
-            apply(new)
-            div = judge.divergence(work)
-            moves.append(((div - cur["divergence"]) / saved, new, div))
-        if not moves:
-            break
-        moves.sort(key=lambda m: m[0])
+        moves = _moves(judge, allocs, alloc, cur, candidates[0])
         taken = None
         for _, new, div in moves[:TRIES_PER_ROUND] if max_loss is not None else moves[:1]:
-            apply(new)
-            loss = judge.loss(work)
+            loss = judge.loss(allocs.apply(new))
             if max_loss is None or loss <= max_loss:
                 taken = (new, loss, div)
                 break
         if taken is None:
             break
         alloc = taken[0]
-        cur = dict(latency=lat(alloc), loss_pp=taken[1], divergence=taken[2])
-        steps.append(dict(cur, timesteps=dict(zip(names, alloc))))
+        cur = dict(latency=allocs.latency(alloc), loss_pp=taken[1], divergence=taken[2])
+        steps.append(dict(cur, timesteps=allocs.named(alloc)))
         if progress:
             print(f"  latency {cur['latency']}: loss {cur['loss_pp']:+.2f} pp on {len(images)} training images "
                   f"({time.time() - t0:.0f} s)", flush=True)
     if latency is not None and cur["latency"] > latency:
-        raise ValueError(f"no allocation with T >= {lowest} reaches a latency of {latency} steps "
+        raise ValueError(f"no allocation with T >= {candidates[0]} reaches a latency of {latency} steps "
                          f"(shortest found: {cur['latency']})")
-    apply(alloc)  # the chosen allocation (the last move tried may have been refused)
-    for info, m in zip(work.layers, mods):  # the layer records follow the thresholds put in
+    work = allocs.apply(alloc)  # the chosen allocation (the last move tried may have been refused)
+    for info, m in zip(work.layers, allocs.mods):  # the layer records follow the thresholds put in
         info.theta = m.theta
-    search = Search(dict(zip(names, alloc)), cur["latency"], cur["loss_pp"], steps, judge.count,
+    search = Search(allocs.named(alloc), cur["latency"], cur["loss_pp"], steps, judge.count,
                     round(time.time() - t0, 1), len(images),
                     {"max_loss_pp": max_loss} if max_loss is not None else {"latency_steps": latency})
     search.network = work  # the allocation with the uniform conversions' thresholds (what was judged)
