@@ -132,9 +132,8 @@ def render(data: dict) -> str:
                   f"{min(r['bn_statistics']['seconds_convert'] for r in bn):.0f}-"
                   f"{max(r['bn_statistics']['seconds_convert'] for r in bn):.0f} s where the synthesis takes "
                   f"{min(r['data_free']['seconds_synthesis'] for r in bn):.0f}-"
-                  f"{max(r['data_free']['seconds_synthesis'] for r in bn):.0f} s, but its threshold search runs on "
-                  "16,384 quantiles per channel, so wide layers cost more (networks without a BN-statistics figure "
-                  "here were not measured). The synthesised method stays the default. Measured on "
+                  f"{max(r['data_free']['seconds_synthesis'] for r in bn):.0f} s (networks without a BN-statistics "
+                  "figure here were not measured). The synthesised method stays the default. Measured on "
                   f"{data.get('bn_statistics_machine')} (`--add-bn-statistics --models ...`)."]
     return "\n".join(lines)
 

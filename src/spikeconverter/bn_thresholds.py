@@ -83,13 +83,50 @@ def pre_activation_moments(plan) -> dict:
     return result
 
 
-def thresholds_from_moments(mean, var, cap, spec, beta, timesteps, phi, per_channel: bool = True):
-    """(theta, expected error): the MSE search on N(mean, var)'s quantiles, per channel or pooled."""
-    sample = (mean[:, None] + var.clamp_min(0).sqrt()[:, None] * standard_quantiles()[None, :]).float()
-    top = sample.max(1).values
+GRID = 0.01  # mean/sd (absolute) and cap/sd (relative) are rounded to this before the search
+
+
+def thresholds_from_moments(mean, var, cap, spec, beta, timesteps, phi, per_channel: bool = True,
+                            cache: dict | None = None):
+    """(theta, expected error): the MSE search on N(mean, var)'s quantiles, per channel or pooled.
+
+    Per channel the search runs once per distinct shape, not per channel: q(s z; s theta) =
+    s q(z; theta) and act(s z) = s act_{cap/s}(z), so the best theta / sd depends only on mean/sd and
+    cap/sd. Those are rounded to GRID (a shift of at most 0.005 sd), searched on the standard
+    normal's quantiles, and scaled back; ``cache`` (one per conversion) shares the results between
+    layers. Channels with zero spread keep the direct search."""
+    sd = var.clamp_min(0).sqrt()
     if not per_channel:
-        sample, top = sample.reshape(1, -1), top.max().reshape(1)
-    theta, err = _search(sample, sample, top, cap, spec, beta, timesteps, phi)
-    if not per_channel:
+        sample = (mean[:, None] + sd[:, None] * standard_quantiles()[None, :]).float()
+        theta, err = _search(sample.reshape(1, -1), sample.reshape(1, -1), sample.max().reshape(1), cap, spec, beta,
+                             timesteps, phi)
         return float(theta[0]), float(err.mean())
+    cache = {} if cache is None else cache
+    live = sd > 0
+    r = torch.where(live, torch.round(mean / torch.where(live, sd, 1.0) / GRID) * GRID, 0.0)
+    c = (torch.exp(torch.round(torch.log(cap / torch.where(live, sd, 1.0)) / GRID) * GRID) if cap is not None
+         else torch.zeros_like(sd))
+    keys = [(float(r[i]), float(c[i]) if cap is not None else None, spec, float(beta), int(timesteps), float(phi))
+            for i in range(len(sd))]
+    todo: dict = {}
+    for i, k in enumerate(keys):
+        if live[i] and k not in cache:
+            todo.setdefault(k[1], set()).add(k)
+    q = standard_quantiles()[None, :]
+    for c_k, ks in todo.items():  # one search per cap/sd value, every mean/sd at once
+        ks = sorted(ks)
+        sample = (torch.tensor([k[0] for k in ks], dtype=torch.float64)[:, None] + q).float()
+        theta_k, err_k = _search(sample, sample, sample.max(1).values, c_k, spec, beta, timesteps, phi)
+        cache.update({k: (float(t), float(e)) for k, t, e in zip(ks, theta_k, err_k)})
+    theta = torch.empty(len(sd), dtype=torch.float32)
+    err = torch.empty(len(sd), dtype=torch.float64)
+    for i, k in enumerate(keys):
+        if live[i]:
+            theta[i] = cache[k][0] * float(sd[i])
+            err[i] = cache[k][1] * float(sd[i]) ** 2
+    if not bool(live.all()):  # constant channels: their own (degenerate) sample
+        dead = ~live
+        sample = mean[dead][:, None].float().expand(-1, 16)
+        theta_d, err_d = _search(sample, sample, sample.max(1).values, cap, spec, beta, timesteps, phi)
+        theta[dead], err[dead] = theta_d, err_d.double()
     return theta, float(err.mean())

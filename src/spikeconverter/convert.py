@@ -922,12 +922,13 @@ def _convert_bn_statistics(model, input_shape: tuple, synth: dict, kw: dict) -> 
     per_channel = snn.calibration["per_channel"]
     mixed = pools_mixing_channels(plan, example[:1]) if per_channel else set()
     moments = pre_activation_moments(plan)
+    searched: dict = {}  # distinct (mean/sd, cap/sd) shapes, shared by the layers
     for info, a in zip(snn.layers, plan.spikers):
         if a not in moments:
             continue
         m = plan.gm.get_submodule(a.target)
         theta, err = thresholds_from_moments(*moments[a], m.cap, spec, m.beta, m.timesteps, m.phi,
-                                             per_channel=per_channel and a not in mixed)
+                                             per_channel=per_channel and a not in mixed, cache=searched)
         m.theta = theta.reshape(m.theta_map.shape).to(m.theta_map) if torch.is_tensor(theta) else float(theta)
         m.shift = None  # no bias correction without observed activations
         info.theta, info.error = m.theta, err
