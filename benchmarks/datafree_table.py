@@ -38,9 +38,19 @@ def _accuracy(net, test) -> float:
     return 100.0 * correct / len(test)
 
 
-def measure(networks, timesteps, limits, images, steps) -> dict:
+def measure(networks, timesteps, limits, images, steps, stored: dict | None = None) -> dict:
+    """Measure ``networks``; with ``stored`` (the JSON of an earlier run with the same synthesis
+    settings), their rows replace that run's rows of the same networks and the others are kept,
+    each row naming the machine it was measured on. Written after every network."""
     out = {"machine": _common.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "synthesis": {"images": images, "steps": steps}, "rows": []}
+    if stored is not None:
+        if stored["synthesis"] != out["synthesis"]:
+            raise SystemExit(f"the stored rows used synthesis {stored['synthesis']}, not {out['synthesis']}: "
+                             "pass the same --images/--steps or measure every network")
+        out = stored
+        for r in out["rows"]:
+            r.setdefault("machine", stored["machine"])
     for item in networks:
         model, dataset = item.split(":")
         net, info = load_model(model, dataset)
@@ -51,8 +61,10 @@ def measure(networks, timesteps, limits, images, steps) -> dict:
         synth, report = synthesize_inputs(net, tuple(test[0][0].shape), n=images, steps=steps, seed=0)
         t_synth = time.time() - t0
         real = calibration_data(dataset, 512, **sized)
+        rows = []
         for T in timesteps:
-            row = {"model": model, "dataset": dataset, "T": T, "images": len(test), "ann_accuracy": ann}
+            row = {"model": model, "dataset": dataset, "T": T, "images": len(test), "ann_accuracy": ann,
+                   "machine": _common.machine()}
             for name, calib in (("default", real), ("data_free", synth)):
                 t0 = time.time()
                 snn = convert(net, calib, timesteps=T)
@@ -60,9 +72,12 @@ def measure(networks, timesteps, limits, images, steps) -> dict:
                 row[name]["difference_pp"] = row[name]["accuracy"] - ann
             row["data_free"]["seconds_synthesis"] = t_synth
             row["data_free"]["synthesis"] = report
-            out["rows"].append(row)
+            rows.append(row)
             print(f"{model}/{dataset} T = {T}: default {row['default']['difference_pp']:+.2f} pp, data-free "
                   f"{row['data_free']['difference_pp']:+.2f} pp (synthesis {t_synth:.0f} s)", flush=True)
+        out["rows"] = [r for r in out["rows"] if (r["model"], r["dataset"]) != (model, dataset)] + rows
+        if stored is not None:
+            add_bn_statistics(out, [item])  # writes
     return out
 
 
@@ -111,10 +126,16 @@ def render(data: dict) -> str:
                                                          if b else "- | -") + f" | {d['seconds_convert']:.0f} |")
     gaps = [r["data_free"]["difference_pp"] - r["default"]["difference_pp"] for r in data["rows"]]
     n = min(r["images"] for r in data["rows"])
+    present = {f"{r['model']}:{r['dataset']}" for r in data["rows"]}
+    missing = [m for m in NETWORKS if m not in present]
     lines += ["", f"Data-free minus default: {min(gaps):+.2f} to {max(gaps):+.2f} pp over these rows (on {n:,} images "
-              f"one image is {100 / n:.2f} pp, so gaps of a few tenths are within the subset's noise). Measured for "
-              "the CIFAR-10 networks only so far (the Imagenette ones: `--models resnet34:imagenette "
-              "mobilenet_v2:imagenette`, hours on this CPU)."]
+              f"one image is {100 / n:.2f} pp, so gaps of a few tenths are within the subset's noise)."
+              + (f" Not measured yet: `--merge --models {' '.join(missing)}`." if missing else "")]
+    machines = {r.get("machine", data["machine"]) for r in data["rows"]}
+    if len(machines) > 1:
+        lines += ["", "Rows measured on different machines: " + "; ".join(
+            f"{', '.join(sorted({r['model'] + '/' + r['dataset'] for r in data['rows'] if r.get('machine', data['machine']) == m}))}"
+            f" on {m}" for m in sorted(machines)) + "."]
     bn = [r for r in data["rows"] if r.get("bn_statistics")]
     if bn:
         gaps = [r["bn_statistics"]["difference_pp"] - r["data_free"]["difference_pp"] for r in bn]
@@ -154,6 +175,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128, help="synthesised calibration inputs")
     ap.add_argument("--steps", type=int, default=300, help="optimiser steps of the synthesis")
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the stored rows of other networks (same synthesis settings); BN statistics measured too")
     ap.add_argument("--add-bn-statistics", action="store_true",
                     help="measure the BN-statistics method beside the stored rows (same images, precision)")
     args = ap.parse_args()
@@ -164,8 +187,9 @@ def main() -> None:
     if args.render:
         write(json.loads((DOCS / "datafree.json").read_text()))
         return
+    stored = json.loads((DOCS / "datafree.json").read_text()) if args.merge else None
     data = measure(args.models, args.timesteps, {"cifar10": args.limit_cifar, "imagenette": args.limit_imagenette},
-                   args.images, args.steps)
+                   args.images, args.steps, stored)
     print(render(data))
     write(data)
 
