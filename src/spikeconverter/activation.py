@@ -179,6 +179,10 @@ class SpikeActivation(nn.Module):
         """One generate step: (new state, spikes, ON - OFF)."""
         return self.code.step(state, self.params)
 
+    def generate_step_(self, state: tuple, spikes: torch.Tensor) -> None:
+        """``generate_step`` in place: the potentials in ``state`` stepped, ``spikes`` written."""
+        self.code.step_(state, self.params, spikes)
+
     # -- fine-tuning ---------------------------------------------------------------------------
     def make_trainable(self, device=None) -> None:
         """Mode "train": theta (per layer or per channel, as now) and the shift become parameters."""

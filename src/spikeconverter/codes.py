@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .neuron import generate_step, initial_potential, quantize_digits
+from .neuron import generate_step, generate_step_, initial_potential, quantize_digits
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,10 @@ class Code:
         v, s = generate_step(state[0], p.theta, p.beta)
         return (v,), s
 
+    def step_(self, state: tuple, p: Params, spikes: torch.Tensor) -> None:
+        """``step`` in place: the potentials in ``state`` are stepped, ``spikes`` (ON - OFF) written."""
+        generate_step_(state[0], p.theta, p.beta, spikes)
+
 
 class _TwoPopulations(Code):
     populations = 2
@@ -83,6 +87,10 @@ class _TwoPopulations(Code):
         v_on, s_on = generate_step(state[0], p.theta, p.beta)
         v_off, s_off = generate_step(state[1], p.theta, p.beta)
         return (v_on, v_off), s_on.to(v_on.dtype) - s_off.to(v_on.dtype)
+
+    def step_(self, state, p, spikes):
+        generate_step_(state[0], p.theta, p.beta, spikes)
+        spikes.sub_(generate_step_(state[1], p.theta, p.beta, torch.empty_like(spikes)))
 
 
 class Signed(_TwoPopulations):

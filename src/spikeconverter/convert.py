@@ -206,18 +206,20 @@ class SpikingNetwork(nn.Module):
 
     @torch.no_grad()
     def simulate(self, x: torch.Tensor, record: bool = False, stream: bool = False,
-                 neuron_counts: bool = False, events: bool = False) -> SimulationResult:
+                 neuron_counts: bool = False, events: bool = False, clocked: bool | None = None) -> SimulationResult:
         """Time-stepped simulation. ``record``: keep every layer's trains; ``stream``: feed the
         batch's inputs one after another every T steps through the pipeline; ``neuron_counts``:
         spikes per neuron of every source in ``result.extra["neuron_counts"]``; ``events``: neuron
-        updates per input in ``result.extra["neuron_updates"]`` (two-phase only)."""
+        updates per input in ``result.extra["neuron_updates"]`` (two-phase only); ``clocked``: all
+        layers on one clock (True) or layer after layer with batched synapses (False); the same
+        trains either way, the default is the faster on the input's device (engine.py)."""
         x = self._prepare_input(x)
         if self.method == "rate":
             if stream:
                 raise ValueError("streaming applies to the two-phase pipeline, not the rate baseline")
             return RateSimulator(self.plan).run(x, self.timesteps, record=record, neuron_counts=neuron_counts)
         return TwoPhaseSimulator(self.plan).run(x, record=record, stream=stream, neuron_counts=neuron_counts,
-                                                events=events)
+                                                events=events, clocked=clocked)
 
     def compile(self, enabled: bool = True) -> SpikingNetwork:
         """Use a fused torch.compile kernel for q on float32 inputs with beta = 2 (exact, see

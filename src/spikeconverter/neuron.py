@@ -21,10 +21,12 @@ import torch
 
 __all__ = [
     "accumulate",
+    "accumulate_",
     "code_levels",
     "decode",
     "generate",
     "generate_step",
+    "generate_step_",
     "if_step",
     "initial_potential",
     "max_value",
@@ -88,11 +90,26 @@ def initial_potential(z: torch.Tensor, theta, beta: float, timesteps: int, phi: 
 
 
 def generate_step(v: torch.Tensor, theta, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One generate step: V <- beta*V; spike where V >= theta; subtract theta there."""
+    """One generate step: V <- beta*V; spike where V >= theta; subtract theta there. Returns (V,
+    spikes as 0/1 in V's dtype). (Subtracting s * theta is the same arithmetic as a select -- V - 0
+    is V -- at a third of torch.where's cost on a CPU.)"""
     v = v * beta
-    s = v >= theta
-    v = torch.where(s, v - theta, v)
-    return v, s
+    s = (v >= theta).to(v.dtype)
+    return v - s * theta, s
+
+
+def generate_step_(v: torch.Tensor, theta, beta: float, spikes: torch.Tensor) -> torch.Tensor:
+    """``generate_step`` in place, for the simulator's hot loop: V is updated and the spikes are
+    written into ``spikes`` (V's dtype). The same arithmetic, bit for bit (tests/test_neuron.py):
+    V - 1*theta and V - 0*theta are V - theta and V. On a CPU a fresh tensor of a layer's size
+    costs several times the arithmetic on it, so the simulator steps potentials in place."""
+    v.mul_(beta)
+    torch.ge(v, theta, out=spikes)
+    if torch.is_tensor(theta):
+        v.addcmul_(spikes, theta, value=-1)
+    else:
+        v.sub_(spikes, alpha=theta)
+    return spikes
 
 
 def generate(v: torch.Tensor, theta, beta: float, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +131,11 @@ def if_step(v: torch.Tensor, current: torch.Tensor, theta) -> tuple[torch.Tensor
 def accumulate(v: torch.Tensor, current: torch.Tensor, beta: float) -> torch.Tensor:
     """One accumulate step: V <- beta*V + I(t). No spikes."""
     return v * beta + current
+
+
+def accumulate_(v: torch.Tensor, current, beta: float) -> torch.Tensor:
+    """``accumulate`` in place (the same two operations, in the same order). Returns v."""
+    return v.mul_(beta).add_(current)
 
 
 def decode(spikes: torch.Tensor, theta, beta: float) -> torch.Tensor:
