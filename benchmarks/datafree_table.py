@@ -131,11 +131,12 @@ def render(data: dict) -> str:
     lines += ["", f"Data-free minus default: {min(gaps):+.2f} to {max(gaps):+.2f} pp over these rows (on {n:,} images "
               f"one image is {100 / n:.2f} pp, so gaps of a few tenths are within the subset's noise)."
               + (f" Not measured yet: `--merge --models {' '.join(missing)}`." if missing else "")]
-    machines = {r.get("machine", data["machine"]) for r in data["rows"]}
-    if len(machines) > 1:
+    by_machine: dict = {}
+    for r in data["rows"]:
+        by_machine.setdefault(r.get("machine", data["machine"]), set()).add(f"{r['model']}/{r['dataset']}")
+    if len(by_machine) > 1:
         lines += ["", "Rows measured on different machines: " + "; ".join(
-            f"{', '.join(sorted({r['model'] + '/' + r['dataset'] for r in data['rows'] if r.get('machine', data['machine']) == m}))}"
-            f" on {m}" for m in sorted(machines)) + "."]
+            f"{', '.join(sorted(nets))} on {m}" for m, nets in sorted(by_machine.items())) + "."]
     bn = [r for r in data["rows"] if r.get("bn_statistics")]
     if bn:
         gaps = [r["bn_statistics"]["difference_pp"] - r["data_free"]["difference_pp"] for r in bn]
