@@ -396,14 +396,8 @@ def _kept_after_interrupt(args) -> str:
     return "nothing was written; the measurement starts afresh when run again"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="spikeconverter", description="Convert trained CNNs into spiking networks that compute the "
-                "same function (SpikeConverter: temporal separation, iLIF neurons), and measure them.")
-    p.add_argument("--threads", type=_positive("--threads"), default=None, dest="global_threads",
-                   help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
-    sub = p.add_subparsers(dest="command", required=True)
-    runtime = [_runtime_options()]
-
+def _add_train(sub, runtime: list) -> None:
+    """The ``train`` subcommand and its options."""
     t = sub.add_parser("train", parents=runtime, help="train a model of the zoo (checkpoint every epoch, --resume)")
     t.add_argument("--model", default="resnet20", help="vgg16, resnet20, resnet34, mobilenet_v2")
     t.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, fashion_mnist, imagenet, imagenette")
@@ -429,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score each epoch on a fixed random subset of N test images (default: all)")
     t.set_defaults(func=_train)
 
+
+def _add_evaluate(sub, runtime: list) -> None:
+    """The ``evaluate`` subcommand and its options."""
     e = sub.add_parser("evaluate", parents=runtime, help="convert a model and report accuracy, latency, spikes, SOPs, energy")
     _common(e)
     e.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=None,
@@ -451,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(e)
     e.set_defaults(func=_evaluate)
 
+
+def _add_sweep(sub, runtime: list) -> None:
+    """The ``sweep`` subcommand and its options."""
     s = sub.add_parser("sweep", parents=runtime, help="accuracy vs T for our method and the rate baseline (table, plot, JSON)")
     _common(s)
     s.add_argument("-T", "--timesteps", dest="T", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(s)
     s.set_defaults(func=_sweep)
 
+
+def _add_show(sub, runtime: list) -> None:
+    """The ``show`` subcommand and its options."""
     sh = sub.add_parser("show", parents=runtime, help="draw one input's run: per layer accumulate/generate windows, "
                         "spike rasters, spikes and thresholds")
     _common(sh)
@@ -479,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(sh)
     sh.set_defaults(func=_show)
 
+
+def _add_convert(sub, runtime: list) -> None:
+    """The ``convert`` subcommand and its options."""
     cv = sub.add_parser("convert", parents=runtime, help="convert a model and save the spiking network to one file (no pickle)")
     _common(cv)
     cv.add_argument("-T", "--timesteps", dest="T", type=_timesteps, default=8,
@@ -492,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(cv)
     cv.set_defaults(func=_convert)
 
+
+def _add_export(sub, runtime: list) -> None:
+    """The ``export`` subcommand and its options."""
     ex = sub.add_parser("export", parents=runtime,
                         help="convert in fixed point and write the integer deployment bundle (docs/deploy.md)")
     _common(ex)
@@ -504,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(ex)
     ex.set_defaults(func=_export)
 
+
+def _add_finetune(sub, runtime: list) -> None:
+    """The ``finetune`` subcommand and its options."""
     ft = sub.add_parser("finetune", parents=runtime, help="fine-tune the quantized twin for few time steps (learned thresholds, "
                         "straight-through gradients); writes a network file every epoch")
     _common(ft)
@@ -530,14 +542,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run at most N epochs now (resume later)")
     ft.set_defaults(func=_finetune)
 
+
+def _add_import_checkpoint(sub, runtime: list) -> None:
+    """The ``import-checkpoint`` subcommand and its options."""
     ic = sub.add_parser("import-checkpoint", help="convert a torch.save state dict (.pt/.pth) to safetensors, safely")
     ic.add_argument("src", help="the .pt/.pth file (loaded with weights_only=True: no code runs)")
     ic.add_argument("--out", required=True, help="the .safetensors file to write")
     ic.set_defaults(func=_import_checkpoint)
 
+
+def _add_demo(sub, runtime: list) -> None:
+    """The ``demo`` subcommand and its options."""
     d = sub.add_parser("demo", parents=runtime, help="the main job: evaluate the shipped ResNet-20 at T = 8")
     d.add_argument("--limit", type=_positive("--limit"), default=None, help="a fixed random subset of N test images")
     d.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="spikeconverter", description="Convert trained CNNs into spiking networks that compute the "
+                "same function (SpikeConverter: temporal separation, iLIF neurons), and measure them.")
+    p.add_argument("--threads", type=_positive("--threads"), default=None, dest="global_threads",
+                   help="CPU threads for torch (default: torch's choice); 1 avoids stalls beside another job")
+    sub = p.add_subparsers(dest="command", required=True)
+    runtime = [_runtime_options()]  # options every subcommand that runs a network shares (argparse parents)
+    for add in (_add_train, _add_evaluate, _add_sweep, _add_show, _add_convert, _add_export, _add_finetune,
+                _add_import_checkpoint, _add_demo):
+        add(sub, runtime)
     return p
 
 
