@@ -143,32 +143,78 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
         source: JSON-able notes saved with the network (model, dataset, checkpoint).
         config: learning rates, batch size, seed (FinetuneConfig); ``epochs`` overrides its own.
     The input model is not changed. ``snn.calibration["finetune"]`` records the run."""
-    from .convert import SpikingNetwork, convert
-
     cfg = copy.copy(config or FinetuneConfig())
     cfg.epochs = epochs
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distill must be in [0, 1], got {cfg.distill}")
     out = Path(out) if out is not None else None
-    history, start = [], 0
+    snn, cfg, history, start, source = _start(model, train_data, timesteps, calibration, out, resume, progress, cfg,
+                                              source, convert_kw)
+    _check_finetunable(snn, timesteps)
+    source = dict(source or getattr(snn, "source", None) or {})
+    teacher = _teacher(model, cfg) if cfg.distill > 0 else None
+
+    weights, shifts, thetas = _trainable(snn, cfg.train_weights)
+    opts = _optimizers(weights, shifts, thetas, cfg)
+    optim_file = None if out is None else out.with_name(out.name + ".optim")
+    if start and optim_file is not None and optim_file.exists():
+        _restore_optimizers(opts, thetas, optim_file)
+    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    try:
+        for epoch in range(start, end):
+            entry = _epoch(snn, opts, crit, teacher, train_data, cfg, epoch, progress)
+            history.append(entry)
+            if eval_data is not None or out is not None:
+                frozen = _frozen_copy(snn)
+                if eval_data is not None:
+                    entry["eval_acc"] = twin_accuracy(frozen, eval_data)
+                if out is not None:
+                    _record(frozen, cfg, history, epoch + 1)
+                    save_tensors(optim_file, {**_optim_state(opts), **{f"log_theta.{i}": p.detach()
+                                                                        for i, p in enumerate(thetas)}},
+                                 {"epoch": epoch + 1})
+                    frozen.save(out, extra={**source, "finetune": frozen.calibration["finetune"]})
+            if progress:
+                print(json.dumps(entry), flush=True)
+    finally:
+        for m in snn._acts():
+            if m.mode == "train":
+                m.freeze()
+    for p in snn.gm.parameters():
+        p.requires_grad_(False)
+    _record(snn, cfg, history, history[-1]["epoch"] if history else start)
+    snn.source = {**source, "finetune": snn.calibration["finetune"]}
+    return snn
+
+
+def _start(model, train_data, timesteps, calibration, out, resume, progress, cfg, source, convert_kw):
+    """The network to train and where the run stands: resumed from ``out``, a copy of the
+    SpikingNetwork given, or a fresh conversion. Returns (snn, cfg, history, first epoch, source)."""
+    from .convert import SpikingNetwork, convert
+
     if resume and out is not None and out.exists():
         from .serialize import load
 
         snn = load(out)
         record = snn.source.get("finetune", {})
         history, start = record.get("history", []), record.get("epoch", 0)
-        cfg = FinetuneConfig(**{**record.get("config", asdict(cfg)), "epochs": epochs})
+        cfg = FinetuneConfig(**{**record.get("config", asdict(cfg)), "epochs": cfg.epochs})
         source = {k: v for k, v in snn.source.items() if k != "finetune"}
         if progress:
             print(f"resuming {out} after epoch {start}/{cfg.epochs}")
-    elif isinstance(model, SpikingNetwork):
-        snn = copy.deepcopy(model)
-    else:
-        if timesteps is None:
-            raise ValueError("timesteps is required to convert a model for fine-tuning")
-        if calibration is None:
-            calibration = _first_images(train_data, 512)
-        snn = convert(model, calibration, timesteps=timesteps, **convert_kw)
+        return snn, cfg, history, start, source
+    if isinstance(model, SpikingNetwork):
+        return copy.deepcopy(model), cfg, [], 0, source
+    if timesteps is None:
+        raise ValueError("timesteps is required to convert a model for fine-tuning")
+    if calibration is None:
+        calibration = _first_images(train_data, 512)
+    return convert(model, calibration, timesteps=timesteps, **convert_kw), cfg, [], 0, source
+
+
+def _check_finetunable(snn, timesteps) -> None:
+    """Refuse what fine-tuning cannot keep exact: the rate baseline, fixed point, another T."""
     if snn.method != "spikeconverter":
         raise ValueError("fine-tuning applies to the two-phase method (the rate baseline has no exact twin)")
     if snn.exact_bounds is not None:
@@ -181,87 +227,58 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
         if want != snn.timesteps_per_layer:
             have = snn.timesteps if snn.uniform else snn.timesteps_per_layer
             raise ValueError(f"the network was converted for T = {have}, not {timesteps}")
-    source = dict(source or getattr(snn, "source", None) or {})
-    teacher = _teacher(model, cfg) if cfg.distill > 0 else None
 
-    weights, shifts, thetas = _trainable(snn, cfg.train_weights)
-    opts = _optimizers(weights, shifts, thetas, cfg)
-    optim_file = None if out is None else out.with_name(out.name + ".optim")
-    if start and optim_file is not None and optim_file.exists():
-        state = load_tensors(optim_file)[0]
-        _load_optim_state(opts, state)
-        with torch.no_grad():  # the log-thresholds as trained: exp then log again would not give them back
-            for i, p in enumerate(thetas):
-                if f"log_theta.{i}" in state:
-                    p.copy_(state[f"log_theta.{i}"])
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    gm, dtype, device = snn.gm, next(snn.gm.parameters()).dtype, next(snn.gm.parameters()).device
-    steps = None
-    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    try:
-        for epoch in range(start, end):
-            torch.manual_seed(cfg.seed * 100003 + epoch)
-            batches = _batches(train_data, cfg.batch_size, cfg.seed * 100003 + epoch)
-            if steps is None:
-                steps = len(batches) if hasattr(batches, "__len__") else None
-            it = batches
-            if progress:
-                from tqdm import tqdm
 
-                it = tqdm(batches, desc=f"finetune T={snn.timesteps} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                          mininterval=2.0)
-            t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
-            gm.eval()  # standalone BN keeps its statistics; everything else has no train mode
-            for i, (x, y) in enumerate(it):
-                if steps:
-                    frac = (epoch * steps + i) / (cfg.epochs * steps)
-                    opts[0].param_groups[0]["lr"] = opts[0].param_groups[1]["lr"] = \
-                        cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-                x = x.to(device=device, dtype=dtype)
-                logits = gm(x)
-                y = y.to(device)
-                loss = crit(logits.float(), y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = torch.softmax(teacher(x).float(), 1)
-                    kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float(), 1), soft, reduction="batchmean")
-                    loss = (1 - cfg.distill) * loss + cfg.distill * kd
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in opts:
-                    o.step()
-                seen += len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                loss_sum += loss.item() * len(y)
-                if progress and i % 20 == 0:
-                    it.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
-            entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": 100 * correct / max(1, seen),
-                     "seconds": round(time.time() - t0, 1)}
-            if eval_data is not None or out is not None:
-                frozen = _frozen_copy(snn)
-                if eval_data is not None:
-                    entry["eval_acc"] = twin_accuracy(frozen, eval_data)
-                history.append(entry)
-                if out is not None:
-                    _record(frozen, cfg, history, epoch + 1)
-                    save_tensors(optim_file, {**_optim_state(opts), **{f"log_theta.{i}": p.detach()
-                                                                        for i, p in enumerate(thetas)}},
-                                 {"epoch": epoch + 1})
-                    frozen.save(out, extra={**source, "finetune": frozen.calibration["finetune"]})
-            else:
-                history.append(entry)
-            if progress:
-                print(json.dumps(entry), flush=True)
-    finally:
-        for m in snn._acts():
-            if m.mode == "train":
-                m.freeze()
-    for p in gm.parameters():
-        p.requires_grad_(False)
-    _record(snn, cfg, history, history[-1]["epoch"] if history else start)
-    snn.source = {**source, "finetune": snn.calibration["finetune"]}
-    return snn
+def _restore_optimizers(opts, thetas, optim_file: Path) -> None:
+    state = load_tensors(optim_file)[0]
+    _load_optim_state(opts, state)
+    with torch.no_grad():  # the log-thresholds as trained: exp then log again would not give them back
+        for i, p in enumerate(thetas):
+            if f"log_theta.{i}" in state:
+                p.copy_(state[f"log_theta.{i}"])
+
+
+def _epoch(snn, opts, crit, teacher, train_data, cfg: FinetuneConfig, epoch: int, progress: bool) -> dict:
+    """One pass over ``train_data`` (seeded by epoch: a resumed run draws the same batches), the
+    weights' learning rate on its cosine over all epochs. Returns the epoch's history entry."""
+    gm = snn.gm
+    dtype, device = next(gm.parameters()).dtype, next(gm.parameters()).device
+    torch.manual_seed(cfg.seed * 100003 + epoch)
+    batches = _batches(train_data, cfg.batch_size, cfg.seed * 100003 + epoch)
+    steps = len(batches) if hasattr(batches, "__len__") else None
+    it = batches
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(batches, desc=f"finetune T={snn.timesteps} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                  mininterval=2.0)
+    t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+    gm.eval()  # standalone BN keeps its statistics; everything else has no train mode
+    for i, (x, y) in enumerate(it):
+        if steps:
+            frac = (epoch * steps + i) / (cfg.epochs * steps)
+            opts[0].param_groups[0]["lr"] = opts[0].param_groups[1]["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+        x = x.to(device=device, dtype=dtype)
+        logits = gm(x)
+        y = y.to(device)
+        loss = crit(logits.float(), y)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = torch.softmax(teacher(x).float(), 1)
+            kd = torch.nn.functional.kl_div(torch.log_softmax(logits.float(), 1), soft, reduction="batchmean")
+            loss = (1 - cfg.distill) * loss + cfg.distill * kd
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        seen += len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.item() * len(y)
+        if progress and i % 20 == 0:
+            it.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    return {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": 100 * correct / max(1, seen),
+            "seconds": round(time.time() - t0, 1)}
 
 
 def _teacher(model, cfg: FinetuneConfig) -> nn.Module:
