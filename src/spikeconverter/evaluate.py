@@ -513,33 +513,16 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     data, images, calibration and options; otherwise it is started afresh. Single-process runs only
     (ignored under torchrun)."""
     extra_beta_timesteps = tuple(timesteps if extra_beta_timesteps is None else extra_beta_timesteps)
-    for T in tuple(timesteps) + extra_beta_timesteps:
-        _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
-    for T in rate_timesteps:
-        _check_args(T, 1.0, None, "rate", 0.0, "analog")
-    for b in extra_betas:
-        _check_args(1, b, None, "spikeconverter", 0.5, "analog")
-    if calibration < 1:
-        raise ValueError(f"--calibration must be >= 1, got {calibration}")
+    _check_sweep_args(timesteps, rate_timesteps, beta, extra_betas, extra_beta_timesteps, calibration)
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     net, info = load_model(model, dataset, checkpoint)
     net = net.to(device=dev, dtype=PRECISIONS[precision])
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     rate_test = fixed_subset(test, rate_limit, seed) if rate_limit else test
-    synthesised = None
     free_method = _data_free_method(data_free)
-    convert_kw = {}
-    if free_method == "bn-statistics":  # each row's thresholds from the statistics (no input to share)
-        calib = "data-free"
-        convert_kw = dict(input_shape=tuple(test[0][0].shape), data_free_method=free_method, seed=seed)
-    elif data_free:  # once for every row: the rows then differ by T alone, as with images
-        from .datafree import synthesize_inputs
-
-        calib, synthesised = synthesize_inputs(net, tuple(test[0][0].shape), seed=seed, progress=not quiet)
-    else:
-        calib = calibration_data(dataset, calibration, data_root, seed, download=download,
-                                 **sized_kwargs(dataset, info))
+    calib, convert_kw, synthesised = _sweep_calibration(net, test, dataset, info, data_free, free_method, calibration,
+                                                        data_root, seed, download, quiet)
     options = dict(zip(CALIBRATION_KEYS, calibration_options("spikeconverter", per_channel, sequential, bias_correction)))
     progress = _Progress(progress_file, dict(
         model=model, dataset=dataset, checkpoint=info["checkpoint"], data=getattr(test, "source", ""),
@@ -550,7 +533,6 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     ann_acc_rate = ann_acc if rate_test is test else progress.value(
         "ann_accuracy_rate_images", lambda: _ann_accuracy(net, rate_test, batch_size, quiet))
     rows = []
-    dev = next(net.parameters()).device
     for b in (beta,) + tuple(extra_betas):
         for T in (timesteps if b == beta else extra_beta_timesteps):
             method = "spikeconverter" if b == beta else f"spikeconverter beta={b:g}"
@@ -561,20 +543,10 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             if free_method == "bn-statistics" and synthesised is None:
                 synthesised = snn.calibration["data_free"]
             snn.compile(compile)
-            cost = CostModel(snn.plan, snn.input_shape)
-            bs = counting_batch(snn, cost, batch_size)
-            acc, records = _Accumulator(), []
-            with torch.no_grad():
-                for i, (x, y) in enumerate(_progress(batches_of(test, bs, dev), f"beta={b:g} T={T}",
-                                                     math.ceil(len(test) / bs), quiet)):
-                    if distributed.mine(i):
-                        counts, logits = neuron_spike_counts(snn, x, return_logits=True)
-                        records.append((i, acc.record(logits, y, report(snn, x, counts, cost))))
-            acc.add_in_order(records)
-            f = acc.figures()
+            f, accuracy = _measure_rows(snn, test, {T: None}, batch_size, f"beta={b:g} T={T}", quiet)[T]
             rows.append(dict(method=method, beta=b,
-                             timesteps=T, latency_steps=snn.latency_steps, accuracy=acc.accuracy,
-                             difference_pp=acc.accuracy - ann_acc, spikes=f["spikes"], sops=f["sops"],
+                             timesteps=T, latency_steps=snn.latency_steps, accuracy=accuracy,
+                             difference_pp=accuracy - ann_acc, spikes=f["spikes"], sops=f["sops"],
                              energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
                              images=len(test)))
             progress.add(rows[-1])
@@ -584,30 +556,12 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
     elif rate_timesteps:
         tmax = max(rate_timesteps)
         rate = distributed.shared_network(lambda: convert(net, calib, timesteps=tmax, method="rate", **convert_kw))
-        cost = CostModel(rate.plan, rate.input_shape)
-        accs = {t: _Accumulator() for t in rate_timesteps}
-        records = {t: [] for t in rate_timesteps}
-        from .engine import RateSimulator
-
-        sim = RateSimulator(rate.plan)
-        for i, (x, y) in enumerate(_progress(batches_of(rate_test, batch_size, dev), f"rate T<={tmax}",
-                                             math.ceil(len(rate_test) / batch_size), quiet)):
-            if not distributed.mine(i):
-                continue
-            x = x.to(PRECISIONS[precision])  # the simulator reads the graph directly
-
-            def at(t, logits, counts, x=x, y=y, i=i):
-                rate.timesteps = t  # the report's latency and MAC accounting use the current T
-                records[t].append((i, accs[t].record(logits, y, report(rate, x, counts, cost))))
-
-            sim.run(x, tmax, checkpoints=rate_timesteps, on_checkpoint=at)
-        rate.timesteps = tmax
+        measured = _measure_rows(rate, rate_test, {t: PRECISIONS[precision] for t in rate_timesteps}, batch_size,
+                                 f"rate T<={tmax}", quiet)
         for t in rate_timesteps:
-            accs[t].add_in_order(records[t])
-        for t in rate_timesteps:
-            f = accs[t].figures()
-            rows.append(dict(method="rate", beta=1.0, timesteps=t, latency_steps=t, accuracy=accs[t].accuracy,
-                             difference_pp=accs[t].accuracy - ann_acc_rate, spikes=f["spikes"], sops=f["sops"],
+            f, accuracy = measured[t]
+            rows.append(dict(method="rate", beta=1.0, timesteps=t, latency_steps=t, accuracy=accuracy,
+                             difference_pp=accuracy - ann_acc_rate, spikes=f["spikes"], sops=f["sops"],
                              energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
                              images=len(rate_test)))
             progress.add(rows[-1])
@@ -618,6 +572,67 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             "rate_images": len(rate_test), "calibration_images": 0 if data_free else len(calib),
             "calibration_options": options, "precision": precision, "energy_convention": ENERGY_CONVENTION,
             **({"data_free": synthesised} if data_free else {}), "rows": rows}
+
+
+def _check_sweep_args(timesteps, rate_timesteps, beta, extra_betas, extra_beta_timesteps, calibration) -> None:
+    for T in tuple(timesteps) + extra_beta_timesteps:
+        _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
+    for T in rate_timesteps:
+        _check_args(T, 1.0, None, "rate", 0.0, "analog")
+    for b in extra_betas:
+        _check_args(1, b, None, "spikeconverter", 0.5, "analog")
+    if calibration < 1:
+        raise ValueError(f"--calibration must be >= 1, got {calibration}")
+
+
+def _sweep_calibration(net, test, dataset, info, data_free, free_method, calibration, data_root, seed, download, quiet):
+    """What every row of a sweep converts from: (calibration, extra convert() arguments, the
+    synthesis report or None)."""
+    if free_method == "bn-statistics":  # each row's thresholds from the statistics (no input to share)
+        return "data-free", dict(input_shape=tuple(test[0][0].shape), data_free_method=free_method, seed=seed), None
+    if data_free:  # once for every row: the rows then differ by T alone, as with images
+        from .datafree import synthesize_inputs
+
+        calib, synthesised = synthesize_inputs(net, tuple(test[0][0].shape), seed=seed, progress=not quiet)
+        return calib, {}, synthesised
+    return calibration_data(dataset, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info)), {}, None
+
+
+def _measure_rows(snn, test, rows: dict, batch_size: int, label: str, quiet: bool) -> dict:
+    """Accuracy and the report's figures of ``snn`` on ``test``: {T: (figures, accuracy)}. Two-phase:
+    ``rows`` = {its T: None}, the fast path. Rate: ``rows`` = {T: dtype} for every T read from one
+    simulation of the longest (its thresholds do not depend on T, so each shorter run is a prefix)."""
+    dev = next(snn.gm.parameters()).device
+    cost = CostModel(snn.plan, snn.input_shape)
+    accs = {t: _Accumulator() for t in rows}
+    records = {t: [] for t in rows}
+    rate = snn.method == "rate"
+    bs = batch_size if rate else counting_batch(snn, cost, batch_size)
+    if rate:
+        from .engine import RateSimulator
+
+        sim, tmax = RateSimulator(snn.plan), max(rows)
+    with torch.no_grad():
+        for i, (x, y) in enumerate(_progress(batches_of(test, bs, dev), label, math.ceil(len(test) / bs), quiet)):
+            if not distributed.mine(i):
+                continue
+            if not rate:
+                (t,) = rows
+                counts, logits = neuron_spike_counts(snn, x, return_logits=True)
+                records[t].append((i, accs[t].record(logits, y, report(snn, x, counts, cost))))
+                continue
+            x = x.to(rows[tmax])  # the simulator reads the graph directly
+
+            def at(t, logits, counts, x=x, y=y, i=i):
+                snn.timesteps = t  # the report's latency and MAC accounting use the current T
+                records[t].append((i, accs[t].record(logits, y, report(snn, x, counts, cost))))
+
+            sim.run(x, tmax, checkpoints=tuple(rows), on_checkpoint=at)
+    if rate:
+        snn.timesteps = tmax
+    for t in rows:
+        accs[t].add_in_order(records[t])
+    return {t: (accs[t].figures(), accs[t].accuracy) for t in rows}
 
 
 class _Progress:
