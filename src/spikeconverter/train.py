@@ -153,18 +153,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     device = resolve(cfg.device)
     model = create(cfg.model, dataset=cfg.dataset).to(device)
     opt = _optimizer(model, cfg)
-    history, start_epoch = [], 0
-    if resume and out.exists():
-        tensors, meta = load_tensors(out)
-        if meta.get("config", {}).get("model") != cfg.model or meta.get("config", {}).get("dataset") != cfg.dataset:
-            raise ValueError(f"{out} holds a {meta.get('config', {}).get('model')} run, not {cfg.model}")
-        model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
-        _load_optim_tensors(opt, tensors)
-        history, start_epoch = meta["history"], meta["epoch"]
-        saved = TrainConfig(**{k: v for k, v in meta["config"].items() if k in TrainConfig.__dataclass_fields__})
-        cfg.epochs = saved.epochs if cfg.epochs == saved.epochs else cfg.epochs
-        if progress:
-            print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    history, start_epoch = _resume(model, opt, cfg, out, device, progress) if resume and out.exists() else ([], 0)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -177,40 +166,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = len(loader(train_ds, cfg.batch_size, train=True)) // world
-    total = steps_per_epoch * cfg.epochs
     meta = {}
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
-        torch.manual_seed(cfg.seed * 100003 + epoch)
-        model.train()
-        batches = loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed * 100003 + epoch)
-        it = batches
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
-        t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
-        for j, (x, y) in enumerate(it):
-            if j % world != rank or j >= steps_per_epoch * world:
-                continue
-            i = j // world
-            step = epoch * steps_per_epoch + i
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = net(x)
-                loss = crit(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
-            if progress and i % 20 == 0:
-                it.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        t0 = time.time()
+        seen, correct, loss_sum = _epoch(model, net, opt, crit, train_ds, cfg, epoch, steps_per_epoch, device, progress)
         train_time = time.time() - t0
         seen, correct, loss_sum = distributed.all_sum([seen, correct, loss_sum])
         if rank != 0:
@@ -233,15 +193,71 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if not meta:
         _, meta = load_tensors(out)
     if export is not None and meta["epoch"] == meta["epochs"] and rank == 0:
-        model = model.to(memory_format=torch.contiguous_format)
-        exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data", "image_size") if k in meta}
-        exp_meta["config"] = meta["config"]
-        exp_meta["seconds_per_epoch_median"] = sorted(h["seconds"] for h in meta["history"])[len(meta["history"]) // 2]
-        if half_export:  # the accuracy we ship is that of the weights we ship: fp16-rounded, measured again
-            shipped = create(cfg.model, dataset=cfg.dataset)
-            shipped.load_state_dict({k: (v.half().to(v.dtype) if v.is_floating_point() else v)
-                                     for k, v in model.state_dict().items()})
-            exp_meta["test_acc_float32"] = meta["test_acc"]
-            exp_meta["test_acc"] = evaluate_accuracy(shipped, test_ds)
-        export_weights(model, Path(export), exp_meta, half=half_export)
+        _export_run(model, meta, cfg, test_ds, Path(export), half_export)
     return meta
+
+
+def _resume(model, opt, cfg: TrainConfig, out: Path, device, progress: bool) -> tuple[list, int]:
+    """Load the run in ``out`` into ``model`` and ``opt``; returns (history, epochs done)."""
+    tensors, meta = load_tensors(out)
+    if meta.get("config", {}).get("model") != cfg.model or meta.get("config", {}).get("dataset") != cfg.dataset:
+        raise ValueError(f"{out} holds a {meta.get('config', {}).get('model')} run, not {cfg.model}")
+    model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
+    _load_optim_tensors(opt, tensors)
+    saved = TrainConfig(**{k: v for k, v in meta["config"].items() if k in TrainConfig.__dataclass_fields__})
+    cfg.epochs = saved.epochs if cfg.epochs == saved.epochs else cfg.epochs
+    if progress:
+        print(f"resuming {out} after epoch {meta['epoch']}/{cfg.epochs}")
+    return meta["history"], meta["epoch"]
+
+
+def _epoch(model, net, opt, crit, train_ds, cfg: TrainConfig, epoch: int, steps_per_epoch: int, device,
+           progress: bool) -> tuple[int, int, float]:
+    """One seeded pass (this rank's share of the batches). Returns (images, correct, loss sum)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    total = steps_per_epoch * cfg.epochs
+    torch.manual_seed(cfg.seed * 100003 + epoch)
+    model.train()
+    batches = loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed * 100003 + epoch)
+    it = batches
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
+    seen, correct, loss_sum = 0, 0, 0.0
+    for j, (x, y) in enumerate(it):
+        if j % world != rank or j >= steps_per_epoch * world:
+            continue
+        i = j // world
+        for g in opt.param_groups:
+            g["lr"] = lr_at(epoch * steps_per_epoch + i, total, cfg)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = net(x)
+            loss = crit(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        if progress and i % 20 == 0:
+            it.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    return seen, correct, loss_sum
+
+
+def _export_run(model, meta: dict, cfg: TrainConfig, test_ds, export: Path, half: bool) -> None:
+    """The finished run's weights in shippable form, with the accuracy of exactly those weights."""
+    model = model.to(memory_format=torch.contiguous_format)
+    exp_meta = {k: meta[k] for k in ("arch", "dataset", "epochs", "seed", "test_acc", "data", "image_size") if k in meta}
+    exp_meta["config"] = meta["config"]
+    exp_meta["seconds_per_epoch_median"] = sorted(h["seconds"] for h in meta["history"])[len(meta["history"]) // 2]
+    if half:  # the accuracy we ship is that of the weights we ship: fp16-rounded, measured again
+        shipped = create(cfg.model, dataset=cfg.dataset)
+        shipped.load_state_dict({k: (v.half().to(v.dtype) if v.is_floating_point() else v)
+                                 for k, v in model.state_dict().items()})
+        exp_meta["test_acc_float32"] = meta["test_acc"]
+        exp_meta["test_acc"] = evaluate_accuracy(shipped, test_ds)
+    export_weights(model, export, exp_meta, half=half)
