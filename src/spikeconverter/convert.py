@@ -612,79 +612,36 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
     input_shape = tuple(batches[0][1].shape[1:])
     mixed = pools_mixing_channels(plan, batches[0][1][:1]) if per_channel else set()
     caps = {a: m.cap for a, m in mods.items()}
-
-    # the float ANN's activations: the threshold sample unless sequential, the means that bias
-    # correction aims at, and what beta search compares candidates on
-    float_obs = {}
-    if not sequential or beta == "search":
-        for m in mods.values():
-            m.observer, m.mode = ChannelObserver(signed=m.signed), "observe"
-        shapes = _run(gm, batches)
-        float_obs = {a: m.observer for a, m in mods.items()}
-    else:
-        for m in mods.values():
-            m.mode = "ann"
-        shapes = _run(gm, batches[:1])
+    shapes, float_obs = _observe_float(gm, mods, batches, everything=not sequential or beta == "search")
     neurons = {a: math.prod(shapes[m]) for a, m in mods.items() if m in shapes}
 
     def choose(a, obs, b, shift=None):
         return choose_channel_thresholds(obs, caps[a], threshold, b, timesteps[a], phi, shift=shift,
                                          per_channel=per_channel and a not in mixed)
 
-    groups = _beta_groups(plan)
-    betas = {}
-    for gid in set(groups.values()):
-        members = [a for a in plan.spikers if groups[a] == gid]
-        if beta != "search":
-            betas.update({a: float(beta) for a in members})
-            continue
-        errs = {b: sum(choose(a, float_obs[a], b)[1] for a in members) for b in BETA_CANDIDATES}
-        best = min(errs, key=errs.get)
-        betas.update({a: best for a in members})
+    betas = _group_betas(plan, beta, lambda a, b: choose(a, float_obs[a], b)[1])
+    chosen = {}
 
-    def setup(a, theta, shift):
-        m = mods[a]
-        shape = shapes[m]
-        dev = _device(gm)
+    def setup(a, theta, shift, err):
+        m, shape, dev = mods[a], shapes[mods[a]], _device(gm)
         m.theta = _channel_shape(theta, shape).to(device=dev, dtype=dtype) if torch.is_tensor(theta) else theta
         m.shift = None if shift is None else _channel_shape(shift, shape).to(device=dev, dtype=dtype)
         m.beta, m.timesteps, m.phi = betas[a], timesteps[a], phi
+        chosen[a] = (theta, betas[a], err)
 
-    chosen = {}
     if not sequential and not bias_correction:
         for a in plan.spikers:
             theta, err = choose(a, float_obs[a], betas[a])
-            setup(a, theta, None)
-            chosen[a] = (theta, betas[a], err)
+            setup(a, theta, None, err)
         return input_shape, neurons, chosen
 
     # Depth by depth, each batch continues from the values the previous depth left (not from the
     # input again): the quantized network, and for sequential also the float one beside it.
     quantized = _ResumablePass(plan, batches)
     floating = _ResumablePass(plan, batches) if sequential else None
-
-    def set_modes(quantize: bool):
-        for a, m in mods.items():
-            m.mode = "quantize" if (quantize and a in chosen) else "ann"
-
     for d in sorted({plan.depth[a] for a in plan.spikers}):
         stage = [a for a in plan.spikers if plan.depth[a] == d]
-        for a in stage:
-            mods[a].observer = ChannelObserver(signed=mods[a].signed, means_only=not sequential)
-        if sequential:
-            set_modes(quantize=False)
-            floating.advance(d)
-        set_modes(quantize=True)
-        quantized.advance(d)
-        for a in stage:
-            mods[a].mode = "observe"
-        for b in range(len(batches)):
-            for a in stage:
-                if sequential:  # the pair: the float ANN's z first, then z at the same positions, quantized
-                    mods[a].observer.capture = True
-                    floating.call(b, a)
-                mods[a].observer.capture = False
-                quantized.call(b, a)
+        _observe_stage(mods, stage, chosen, quantized, floating, d, len(batches))
         for a in stage:
             m, obs = mods[a], mods[a].observer
             shift = None
@@ -692,11 +649,67 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
                 aim = obs.target_mean if sequential else float_obs[a].mean
                 shift = (aim - obs.mean).float()
             theta, err = choose(a, obs, betas[a], shift) if sequential else choose(a, float_obs[a], betas[a])
-            setup(a, theta, shift)
-            chosen[a] = (theta, betas[a], err)
+            setup(a, theta, shift, err)
     for m in mods.values():
         m.mode = "quantize"
     return input_shape, neurons, chosen
+
+
+def _observe_float(gm, mods: dict, batches: list, everything: bool) -> tuple[dict, dict]:
+    """The float ANN's activations of every spiking layer on all ``batches`` (the threshold sample
+    unless sequential, the means bias correction aims at, what the beta search compares
+    candidates on), or, when not ``everything``, just its shapes from the first batch. Returns
+    (shapes, {node: its observer})."""
+    if not everything:
+        for m in mods.values():
+            m.mode = "ann"
+        return _run(gm, batches[:1]), {}
+    for m in mods.values():
+        m.observer, m.mode = ChannelObserver(signed=m.signed), "observe"
+    return _run(gm, batches), {a: m.observer for a, m in mods.items()}
+
+
+def _group_betas(plan: GraphPlan, beta, error) -> dict:
+    """beta per spiking node: the one given, or (beta="search") per group of layers whose trains
+    meet, the candidate with the least summed ``error(node, beta)``."""
+    groups = _beta_groups(plan)
+    betas = {}
+    for gid in set(groups.values()):
+        members = [a for a in plan.spikers if groups[a] == gid]
+        if beta != "search":
+            betas.update({a: float(beta) for a in members})
+            continue
+        errs = {b: sum(error(a, b) for a in members) for b in BETA_CANDIDATES}
+        best = min(errs, key=errs.get)
+        betas.update({a: best for a in members})
+    return betas
+
+
+def _observe_stage(mods: dict, stage: list, chosen: dict, quantized, floating, depth: int, n_batches: int) -> None:
+    """Observe the layers of one depth with every shallower layer quantized: z as the quantized
+    network gives it, and (sequential) the float ANN's z at the same positions first."""
+    sequential = floating is not None
+
+    def set_modes(quantize: bool):
+        for a, m in mods.items():
+            m.mode = "quantize" if (quantize and a in chosen) else "ann"
+
+    for a in stage:
+        mods[a].observer = ChannelObserver(signed=mods[a].signed, means_only=not sequential)
+    if sequential:
+        set_modes(quantize=False)
+        floating.advance(depth)
+    set_modes(quantize=True)
+    quantized.advance(depth)
+    for a in stage:
+        mods[a].mode = "observe"
+    for b in range(n_batches):
+        for a in stage:
+            if sequential:  # the pair: the float ANN's z first, then z at the same positions, quantized
+                mods[a].observer.capture = True
+                floating.call(b, a)
+            mods[a].observer.capture = False
+            quantized.call(b, a)
 
 
 def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, threshold: str | None = None,
