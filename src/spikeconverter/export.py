@@ -65,29 +65,65 @@ def _check_ops(snn) -> None:
 
 def export(snn, directory) -> Path:
     """Write the integer bundle of a fixed-point SpikingNetwork to ``directory``; returns it."""
-    from .activation import SpikeActivation
-    from .engine import TwoPhaseSimulator
+    plan, gm = snn.plan, snn.gm
+    beta = _check_exportable(snn)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = _Tensors()
+    graph, modules = _graph_records(gm, tensors)
+    x1 = torch.zeros((1,) + tuple(snn.input_shape), dtype=torch.float64, device=next(gm.parameters()).device)
     from .plan import node_shapes
 
+    shapes = {n.name: list(s[1:]) for n, s in node_shapes(gm, x1).items()}
+
+    def region(r):
+        return {"sources": [s.name for s in r.sources], "nodes": [n.name for n in r.nodes], "value": r.value.name}
+
+    doc = {
+        "format": "spikeconverter-bundle", "version": 1, "timesteps": snn.timesteps, "beta": beta,
+        "input": plan.input.name, "input_shape": list(snn.input_shape), "input_bits": INPUT_BITS,
+        "graph": graph, "modules": modules, "shapes": shapes,
+        "regions": {s.name: region(r) for s, r in plan.regions.items()},
+        "pools": {p.name: region(r) for p, r in plan.pools.items()},
+        "layers": _layer_records(snn, x1, tensors), "order": _order(plan), "schedule": _schedule_record(snn),
+        "bounds": [list(b) for b in snn.exact_bounds],
+    }
+    (directory / "bundle.json").write_text(json.dumps(doc, indent=1) + "\n")
+    np.savez(directory / "tensors.npz", **tensors.arrays)
+    shutil.copyfile(Path(__file__).with_name("bundle_executor.py"), directory / "run.py")
+    return directory
+
+
+class _Tensors:
+    """The bundle's arrays: every value as a dyadic pair, integer mantissas and one exponent."""
+
+    def __init__(self):
+        self.arrays: dict = {}
+
+    def put(self, key: str, value) -> None:
+        a, e = dyadic(value)
+        self.arrays[key + ".int"], self.arrays[key + ".exp"] = a, np.array(e, dtype=np.int64)
+
+
+def _check_exportable(snn) -> float:
+    """Refuse what the bundle cannot run; returns the one beta of all layers."""
     if snn.method != "spikeconverter" or snn.exact_bounds is None:
         raise ValueError("export needs a fixed-point two-phase network: convert(..., fixed_point=True)")
-    plan, gm = snn.plan, snn.gm
-    acts = {a: gm.get_submodule(a.target) for a in plan.spikers}
-    betas = {float(m.beta) for m in acts.values()}
+    acts = [snn.gm.get_submodule(a.target) for a in snn.plan.spikers]
+    betas = {float(m.beta) for m in acts}
     if len(betas) != 1:
         raise ValueError(f"export: every layer must share one beta (got {sorted(betas)})")
-    phis = {float(m.phi) for m in acts.values()}
+    phis = {float(m.phi) for m in acts}
     if not phis <= {0.0, 0.5}:
         raise ValueError(f"export: phi must be 0 or 0.5 (got {sorted(phis)})")
     _check_ops(snn)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    return betas.pop()
 
-    tensors = {}
 
-    def put(key, value):
-        a, e = dyadic(value)
-        tensors[key + ".int"], tensors[key + ".exp"] = a, np.array(e, dtype=np.int64)
+def _graph_records(gm, tensors: _Tensors) -> tuple[list, dict]:
+    """Every graph node as JSON (op, target, arguments) and every module's configuration; the
+    weights of every module but the spiking layers go into ``tensors``."""
+    from .activation import SpikeActivation
 
     graph, modules = [], {}
     for n in gm.graph.nodes:
@@ -99,58 +135,58 @@ def export(snn, directory) -> Path:
             modules[n.target] = _module_config(mod, n.target)
             if not isinstance(mod, SpikeActivation):
                 for k, t in mod.state_dict().items():
-                    put(f"{n.target}.{k}", t)
+                    tensors.put(f"{n.target}.{k}", t)
         graph.append({"name": n.name, "op": n.op, "target": target, "args": _enc(n.args), "kwargs": _enc(n.kwargs),
                       "shape_value": bool(n.meta.get("shape_value", False))})
+    return graph, modules
 
-    x1 = torch.zeros((1,) + tuple(snn.input_shape), dtype=torch.float64, device=next(gm.parameters()).device)
-    shapes = {n.name: list(s[1:]) for n, s in node_shapes(gm, x1).items()}
-    sim = TwoPhaseSimulator(plan)
-    zeros = {n: torch.zeros(node_shapes(gm, x1)[n], dtype=torch.float64, device=x1.device)
+
+def _layer_records(snn, x1: torch.Tensor, tensors: _Tensors) -> dict:
+    """Per spiking layer its code (the thresholds, per neuron as the simulator uses them, into
+    ``tensors``); the max-pools of trains' threshold maps too."""
+    from .engine import TwoPhaseSimulator
+    from .plan import node_shapes
+
+    plan, gm = snn.plan, snn.gm
+    shapes = node_shapes(gm, x1)
+    zeros = {n: torch.zeros(shapes[n], dtype=torch.float64, device=x1.device)
              for n in list(plan.spikers) + [p for p in plan.pools] + [plan.input]}
-    theta_maps = sim._theta_maps(zeros)
+    theta_maps = TwoPhaseSimulator(plan)._theta_maps(zeros)
     layers = {}
-    for a, m in acts.items():
-        put(f"{a.name}.theta", m.theta if torch.is_tensor(m.theta) else torch.tensor(m.theta))
-        put(f"{a.name}.theta_map", theta_maps[a])
+    for a in plan.spikers:
+        m = gm.get_submodule(a.target)
+        tensors.put(f"{a.name}.theta", m.theta if torch.is_tensor(m.theta) else torch.tensor(m.theta))
+        tensors.put(f"{a.name}.theta_map", theta_maps[a])
         rec = {"layer_name": m.layer_name, "phi": float(m.phi), "timesteps": int(m.timesteps), "depth": plan.depth[a],
                "accumulate_window": plan.accumulate_window.get(a), "per_channel": m.per_channel,
                "signed": bool(m.signed)}
         if m.shift is not None:
-            put(f"{a.name}.shift", m.shift)
+            tensors.put(f"{a.name}.shift", m.shift)
             rec["shift"] = True
         layers[a.name] = rec
     for p in plan.pools:
         if not plan.is_analog(p):
-            put(f"{p.name}.theta_map", theta_maps[p])
+            tensors.put(f"{p.name}.theta_map", theta_maps[p])
+    return layers
 
-    def region(r):
-        return {"sources": [s.name for s in r.sources], "nodes": [n.name for n in r.nodes], "value": r.value.name}
 
-    sch = snn.schedule
+def _order(plan) -> list:
+    """The order the executor visits sources and sinks in (the graph's)."""
     order = [{"kind": "coder", "name": plan.coder.name}] if plan.coder is not None else []
-    for n in gm.graph.nodes:
+    for n in plan.gm.graph.nodes:
         if n in plan.pools:
             order.append({"kind": "analog_pool" if plan.is_analog(n) else "train_pool", "name": n.name})
         elif n in plan.regions:
             order.append({"kind": "output" if n is plan.output else "layer", "name": n.name})
-    doc = {
-        "format": "spikeconverter-bundle", "version": 1, "timesteps": snn.timesteps, "beta": betas.pop(),
-        "input": plan.input.name, "input_shape": list(snn.input_shape), "input_bits": INPUT_BITS,
-        "graph": graph, "modules": modules, "shapes": shapes,
-        "regions": {s.name: region(r) for s, r in plan.regions.items()},
-        "pools": {p.name: region(r) for p, r in plan.pools.items()},
-        "layers": layers, "order": order,
-        "schedule": {"spiking_depth": plan.spiking_depth, "latency_steps": snn.latency_steps,
-                     "steps_per_input": snn.steps_per_input,
-                     "steps": {a.name: {"accumulate_start": sch.acc_start.get(a), "accumulate_length": sch.acc_length.get(a),
-                                        "generate_start": sch.gen_start[a], "generate_length": sch.code_length[a]}
-                               for a in plan.spikers},
-                     "output_accumulate": [sch.acc_start[plan.output], sch.acc_length[plan.output]]},
-        "bounds": [list(b) for b in snn.exact_bounds],
-    }
-    (directory / "bundle.json").write_text(json.dumps(doc, indent=1) + "\n")
-    np.savez(directory / "tensors.npz", **tensors)
-    shutil.copyfile(Path(__file__).with_name("bundle_executor.py"), directory / "run.py")
-    return directory
+    return order
+
+
+def _schedule_record(snn) -> dict:
+    plan, sch = snn.plan, snn.schedule
+    return {"spiking_depth": plan.spiking_depth, "latency_steps": snn.latency_steps,
+            "steps_per_input": snn.steps_per_input,
+            "steps": {a.name: {"accumulate_start": sch.acc_start.get(a), "accumulate_length": sch.acc_length.get(a),
+                               "generate_start": sch.gen_start[a], "generate_length": sch.code_length[a]}
+                      for a in plan.spikers},
+            "output_accumulate": [sch.acc_start[plan.output], sch.acc_length[plan.output]]}
 
