@@ -283,8 +283,7 @@ class Bundle:
     # -- the network -----------------------------------------------------------------------------
     def run(self, x: np.ndarray) -> tuple[np.ndarray, dict]:
         """Logits (float64) and spikes per sample of each layer for inputs x [B, ...] (float)."""
-        beta = self.beta
-        b2 = beta == 2
+        b2 = self.beta == 2
         ex = self.doc["input_bits"]
         xin = Dy(np.round(np.asarray(x, dtype=np.float64) * 2.0**ex).astype(np.int64), ex)
         B = xin.a.shape[0]
@@ -296,67 +295,76 @@ class Bundle:
             kind, name = item["kind"], item["name"]
             layer = self.doc["layers"].get(name)
             T = layer.get("timesteps", self.T) if layer is not None else self.T  # its own code length
-            if kind == "coder":  # spike-coded input: ON spikes code x+, OFF spikes x-, each a greedy train
-                th = self.dy(f"{name}.theta")
-                v = add(xin, self.dy(f"{name}.shift")) if "shift" in layer else xin
-                off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
-                pos, neg = generate(add(v, off), th, T, b2), generate(add(Dy(-v.a, v.e), off), th, T, b2)
-                trains[name] = pos - neg
+            if kind == "coder":
+                trains[name] = self._code_input(name, layer, xin, T, b2)
                 counts[layer["layer_name"]] = np.abs(trains[name]).reshape(T, B, -1).sum((0, 2))
-                continue
-            if kind == "analog_pool":
+            elif kind == "analog_pool":
                 reg = self.doc["pools"][name]
                 analog[name] = self.region(reg, {s: analog[s] for s in reg["sources"]}, True)
-                continue
-            if kind == "train_pool":
-                reg = self.doc["pools"][name]
-                words = {s: np.zeros(trains[s].shape[1:], np.int64) for s in reg["sources"]}
-                prev, out = None, []
-                for t in range(max(trains[s].shape[0] for s in reg["sources"])):  # one layer's trains
-                    for s in reg["sources"]:
-                        words[s] = words[s] * 2 + trains[s][t]
-                    pooled = self.region(reg, {s: Dy(w, 0) for s, w in words.items()}, True).a
-                    out.append(pooled if prev is None else pooled - 2 * prev)
-                    prev = pooled
-                trains[name] = np.stack(out)
-                continue
-            reg = self.doc["regions"][name]
-            zeros = {s: Dy(np.zeros((B,) + tuple(self.doc["shapes"][s]), np.int64), 0) for s in reg["sources"]}
-            # accumulate for as many steps as the longest input train (trains start together, at
-            # their most significant digit); fed only by the analog input: the layer's own T
-            n = max((trains[s].shape[0] for s in reg["sources"] if s not in analog), default=T)
-            v = self.region(reg, zeros, True)  # the bias map
-            if layer is not None:
-                if "shift" in layer:
-                    v = add(v, self.dy(f"{name}.shift"))
-                if layer["phi"]:  # phi theta beta^-T, phi = 1/2, at the layer's own T
-                    th = self.dy(f"{name}.theta")
-                    v = add(v, Dy(th.a, th.e + (T if b2 else 0) + 1))
-            v = Dy(v.a, v.e + (n if b2 else 0))  # scaled by beta^-n: n accumulate steps bring it back
-            for t in range(n):
-                vals, active = {}, False
-                for s in reg["sources"]:
-                    if s in analog:
-                        if t == 0:
-                            vals[s] = Dy(analog[s].a, analog[s].e + (n - 1 if b2 else 0))
-                            active = True
-                        else:
-                            vals[s] = zeros[s]
-                    elif t < trains[s].shape[0]:
-                        th = self.dy(f"{s}.theta_map")
-                        vals[s] = Dy(trains[s][t] * th.a, th.e + (n if b2 else 0))
-                        active = True
-                    else:  # a shorter train has ended
-                        vals[s] = zeros[s]
-                v = Dy(v.a * 2, v.e) if b2 else v
-                if active:
-                    v = add(v, self.region(reg, vals, False))
-            if layer is None:  # the output
-                logits = v.float()
-                continue
-            trains[name] = generate(v, self.dy(f"{name}.theta"), T, b2)
-            counts[layer["layer_name"]] = trains[name].reshape(T, B, -1).sum((0, 2))
+            elif kind == "train_pool":
+                trains[name] = self._pool_trains(self.doc["pools"][name], trains)
+            else:
+                v = self._accumulate(name, layer, T, B, analog, trains, b2)
+                if layer is None:  # the output
+                    logits = v.float()
+                    continue
+                trains[name] = generate(v, self.dy(f"{name}.theta"), T, b2)
+                counts[layer["layer_name"]] = trains[name].reshape(T, B, -1).sum((0, 2))
         return logits, counts
+
+    def _code_input(self, name: str, layer: dict, xin: Dy, T: int, b2: bool) -> np.ndarray:
+        """Spike-coded input: ON spikes code x+, OFF spikes x-, each a greedy train; ON - OFF."""
+        th = self.dy(f"{name}.theta")
+        v = add(xin, self.dy(f"{name}.shift")) if "shift" in layer else xin
+        off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
+        return generate(add(v, off), th, T, b2) - generate(add(Dy(-v.a, v.e), off), th, T, b2)
+
+    def _pool_trains(self, reg: dict, trains: dict) -> np.ndarray:
+        """A max-pool over one layer's trains, on the words of the digits so far (engine.py)."""
+        words = {s: np.zeros(trains[s].shape[1:], np.int64) for s in reg["sources"]}
+        prev, out = None, []
+        for t in range(max(trains[s].shape[0] for s in reg["sources"])):
+            for s in reg["sources"]:
+                words[s] = words[s] * 2 + trains[s][t]
+            pooled = self.region(reg, {s: Dy(w, 0) for s, w in words.items()}, True).a
+            out.append(pooled if prev is None else pooled - 2 * prev)
+            prev = pooled
+        return np.stack(out)
+
+    def _accumulate(self, name: str, layer, T: int, B: int, analog: dict, trains: dict, b2: bool) -> Dy:
+        """A sink's accumulate phase: the potential after it (bias, shift and offset included)."""
+        reg = self.doc["regions"][name]
+        zeros = {s: Dy(np.zeros((B,) + tuple(self.doc["shapes"][s]), np.int64), 0) for s in reg["sources"]}
+        # accumulate for as many steps as the longest input train (trains start together, at
+        # their most significant digit); fed only by the analog input: the layer's own T
+        n = max((trains[s].shape[0] for s in reg["sources"] if s not in analog), default=T)
+        v = self.region(reg, zeros, True)  # the bias map
+        if layer is not None:
+            if "shift" in layer:
+                v = add(v, self.dy(f"{name}.shift"))
+            if layer["phi"]:  # phi theta beta^-T, phi = 1/2, at the layer's own T
+                th = self.dy(f"{name}.theta")
+                v = add(v, Dy(th.a, th.e + (T if b2 else 0) + 1))
+        v = Dy(v.a, v.e + (n if b2 else 0))  # scaled by beta^-n: n accumulate steps bring it back
+        for t in range(n):
+            vals, active = {}, False
+            for s in reg["sources"]:
+                if s in analog:
+                    if t == 0:
+                        vals[s] = Dy(analog[s].a, analog[s].e + (n - 1 if b2 else 0))
+                        active = True
+                    else:
+                        vals[s] = zeros[s]
+                elif t < trains[s].shape[0]:
+                    th = self.dy(f"{s}.theta_map")
+                    vals[s] = Dy(trains[s][t] * th.a, th.e + (n if b2 else 0))
+                    active = True
+                else:  # a shorter train has ended
+                    vals[s] = zeros[s]
+            v = Dy(v.a * 2, v.e) if b2 else v
+            if active:
+                v = add(v, self.region(reg, vals, False))
+        return v
 
 
 def generate(v: Dy, theta: Dy, T: int, b2: bool) -> np.ndarray:
