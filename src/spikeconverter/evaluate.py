@@ -255,14 +255,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
         return _with_energy(dict(out, precision=precision), net_file, params)
     timesteps = 8 if timesteps is None else timesteps
     auto = timesteps == "auto"
-    if not auto and (max_loss is not None or latency is not None):
-        raise ValueError("--max-loss / --latency are budgets for -T auto")
-    if auto and (max_loss is None) == (latency is None):
-        raise ValueError("-T auto needs one budget: --max-loss PP (shortest latency within it) or --latency STEPS "
-                         "(best accuracy within it)")
-    _check_args(8 if auto else timesteps, beta, threshold, method, phi, "analog")  # bad input fails before any loading
-    if calibration < 1:
-        raise ValueError(f"--calibration must be >= 1, got {calibration}")
+    _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration)
     options = calibration_options(method, per_channel, sequential, bias_correction)
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
@@ -290,6 +283,19 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     if "timesteps_search" in snn.calibration:
         out["timesteps_search"] = snn.calibration["timesteps_search"]
     return _with_energy(out, snn, params)
+
+
+def _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration) -> None:
+    """Bad input fails before any loading."""
+    auto = timesteps == "auto"
+    if not auto and (max_loss is not None or latency is not None):
+        raise ValueError("--max-loss / --latency are budgets for -T auto")
+    if auto and (max_loss is None) == (latency is None):
+        raise ValueError("-T auto needs one budget: --max-loss PP (shortest latency within it) or --latency STEPS "
+                         "(best accuracy within it)")
+    _check_args(8 if auto else timesteps, beta, threshold, method, phi, "analog")
+    if calibration < 1:
+        raise ValueError(f"--calibration must be >= 1, got {calibration}")
 
 
 def _data_free_method(data_free) -> str | None:
@@ -544,11 +550,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
                 synthesised = snn.calibration["data_free"]
             snn.compile(compile)
             f, accuracy = _measure_rows(snn, test, {T: None}, batch_size, f"beta={b:g} T={T}", quiet)[T]
-            rows.append(dict(method=method, beta=b,
-                             timesteps=T, latency_steps=snn.latency_steps, accuracy=accuracy,
-                             difference_pp=accuracy - ann_acc, spikes=f["spikes"], sops=f["sops"],
-                             energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
-                             images=len(test)))
+            rows.append(_sweep_row(method, b, T, snn.latency_steps, f, accuracy, ann_acc, len(test)))
             progress.add(rows[-1])
     done_rate = [progress.row("rate", t) for t in rate_timesteps]
     if rate_timesteps and all(r is not None for r in done_rate):
@@ -559,11 +561,7 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
         measured = _measure_rows(rate, rate_test, {t: PRECISIONS[precision] for t in rate_timesteps}, batch_size,
                                  f"rate T<={tmax}", quiet)
         for t in rate_timesteps:
-            f, accuracy = measured[t]
-            rows.append(dict(method="rate", beta=1.0, timesteps=t, latency_steps=t, accuracy=accuracy,
-                             difference_pp=accuracy - ann_acc_rate, spikes=f["spikes"], sops=f["sops"],
-                             energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"],
-                             images=len(rate_test)))
+            rows.append(_sweep_row("rate", 1.0, t, t, *measured[t], ann_acc_rate, len(rate_test)))
             progress.add(rows[-1])
     return {"model": model, "dataset": dataset, "data": getattr(test, "source", ""), "data_sha256": data_digest(test),
             "checkpoint": info["checkpoint"],
@@ -572,6 +570,12 @@ def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4,
             "rate_images": len(rate_test), "calibration_images": 0 if data_free else len(calib),
             "calibration_options": options, "precision": precision, "energy_convention": ENERGY_CONVENTION,
             **({"data_free": synthesised} if data_free else {}), "rows": rows}
+
+
+def _sweep_row(method, beta, T, latency, f: dict, accuracy: float, ann_accuracy: float, images: int) -> dict:
+    return dict(method=method, beta=beta, timesteps=T, latency_steps=latency, accuracy=accuracy,
+                difference_pp=accuracy - ann_accuracy, spikes=f["spikes"], sops=f["sops"],
+                energy_snn_uj=f["energy_snn_uj"], energy_ratio=f["energy_ratio"], images=images)
 
 
 def _check_sweep_args(timesteps, rate_timesteps, beta, extra_betas, extra_beta_timesteps, calibration) -> None:
