@@ -127,3 +127,44 @@ def test_bn_statistics_refusals():
         sc.convert(_block(), "data-free", input_shape=(3, 8, 8), data_free_method="nope")
     with pytest.raises(ValueError, match="fixed_point"):
         sc.convert(_block(), "data-free", input_shape=(3, 8, 8), data_free_method="bn-statistics", fixed_point=True)
+
+
+def test_a_max_pool_of_a_spiking_layer_is_modelled_as_the_max_of_its_window():
+    """ResNet's stem: conv-BN-ReLU, max-pool 3x3, then a residual block whose shortcut is the pool.
+    The pool's moments are those of ReLU(max of 9 independent draws of the stem's z) -- checked
+    against sampling -- so every layer comes from the statistics and no input is synthesised."""
+    from spikeconverter.bn_thresholds import _moments_of_activation, pre_activation_moments
+
+    class Stem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4 * 4 * 4, 2)
+
+        def forward(self, x):
+            p = self.pool(torch.relu(self.b1(self.c1(x))))
+            return self.fc(torch.relu(self.b2(self.c2(p)) + p).flatten(1))
+
+    torch.manual_seed(2)
+    m = Stem()
+    for bn in (m.b1, m.b2):
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    m = m.double().eval()
+    snn = sc.convert(m, "data-free", timesteps=4, input_shape=(3, 8, 8), data_free_method="bn-statistics")
+    d = snn.calibration["data_free"]
+    assert d["images"] == 0 and d["layers_from_synthesised_inputs"] == [] and len(d["layers_from_bn_statistics"]) == 2
+    mean1, var1 = m.b1.bias.detach(), m.b1.weight.detach() ** 2
+    pooled_mean, pooled_var = _moments_of_activation(mean1, var1, None, window=9)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.relu((mean1[:, None, None] + var1.sqrt()[:, None, None] * torch.randn(4, 200_000, 9, generator=g,
+                                                                                         dtype=torch.float64)).amax(2))
+    assert torch.allclose(pooled_mean, draws.mean(1), atol=0.01 * float(var1.sqrt().max()))
+    assert torch.allclose(pooled_var, draws.var(1), rtol=0.02)
+    res = [a for a in snn.plan.activations if snn.plan.layer_name(a) == d["layers_from_bn_statistics"][1]][0]
+    mom = pre_activation_moments(snn.plan)[res]
+    assert torch.allclose(mom[0], m.b2.bias.detach() + pooled_mean)
+    assert torch.allclose(mom[1], m.b2.weight.detach() ** 2 + pooled_var)
+    check_identical(snn, torch.randn(2, 3, 8, 8, dtype=torch.float64))

@@ -10,7 +10,11 @@ instead of observed activations.
 Moments are propagated where that is standard (each step says what it assumes):
 - a spiking layer's output: the moments of act(z) (ReLU, or ReLU6's clip) for normal z;
 - a sum or difference of such values: means add, variances add (independent terms);
-- the sum feeds the next layer as normal with those moments (residual blocks).
+- the sum feeds the next layer as normal with those moments (residual blocks);
+- a max-pool of a spiking layer's output (ResNet's stem): the k values of a window taken as
+  independent draws of that layer's z, so the pool gives act(max of k draws), whose quantiles are
+  those of the normal at u^(1/k). Neighbouring pixels are correlated, so this overstates the
+  window's maximum (an upper bound under the normal model).
 Anything else before a spiking layer (concat, pools, interpolation, scaling, ...) has no moments
 here: that layer is calibrated on synthesised inputs instead (datafree.py), and the result says
 which layers came from where. No bias correction: it needs observed activations.
@@ -35,11 +39,37 @@ def standard_quantiles(n: int = QUANTILES) -> torch.Tensor:
     return torch.special.ndtri(u)
 
 
-def _moments_of_activation(mean, var, cap):
-    """Mean and variance of act(z) for z ~ N(mean, var) per channel (by quantiles)."""
-    z = mean[:, None] + var.clamp_min(0).sqrt()[:, None] * standard_quantiles()[None, :]
+def _moments_of_activation(mean, var, cap, window: int = 1):
+    """Mean and variance of act(z) for z ~ N(mean, var) per channel (by quantiles); with
+    ``window`` = k > 1, of act(max of k independent such z) (a max-pool's output)."""
+    q = standard_quantiles() if window == 1 else _max_quantiles(window)
+    z = mean[:, None] + var.clamp_min(0).sqrt()[:, None] * q[None, :]
     a = z.clamp(0.0, cap) if cap is not None else z.clamp_min(0.0)
     return a.mean(1), a.var(1, unbiased=False)
+
+
+def _max_quantiles(k: int, n: int = QUANTILES) -> torch.Tensor:
+    """Quantiles of the maximum of k independent standard normals: Phi^-1(u^(1/k))."""
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return torch.special.ndtri(u ** (1.0 / k))
+
+
+def _max_pool_window(gm, n: fx.Node) -> int | None:
+    """Values per window of a max-pool node (module or function), or None if n is not one."""
+    import math
+
+    if n.op == "call_module":
+        mod = gm.get_submodule(n.target)
+        if not isinstance(mod, torch.nn.modules.pooling._MaxPoolNd):
+            return None
+        dims, k = int(type(mod).__name__[-2]), mod.kernel_size
+    elif n.op == "call_function" and getattr(n.target, "__name__", "") in ("max_pool1d", "max_pool2d", "max_pool3d",
+                                                                            "_max_pool1d", "_max_pool2d", "_max_pool3d"):
+        dims = int(n.target.__name__[-2])
+        k = n.kwargs.get("kernel_size", n.args[1] if len(n.args) > 1 else None)
+    else:
+        return None
+    return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** dims
 
 
 def pre_activation_moments(plan) -> dict:
@@ -62,6 +92,12 @@ def pre_activation_moments(plan) -> dict:
             elif isinstance(mod, SpikeActivation) and not mod.signed and not mod.leaky:
                 inner = moments(n.args[0])
                 out = None if inner is None else _moments_of_activation(*inner, mod.cap)
+        if out is None and isinstance(n, fx.Node) and (window := _max_pool_window(gm, n)) and \
+                isinstance(n.args[0], fx.Node) and n.args[0].op == "call_module":
+            act = gm.get_submodule(n.args[0].target)  # a max-pool of a spiking layer's output
+            if isinstance(act, SpikeActivation) and not act.signed and not act.leaky:
+                inner = moments(n.args[0].args[0])
+                out = None if inner is None else _moments_of_activation(*inner, act.cap, window)
         elif isinstance(n, fx.Node) and n.op == "call_function" and n.target in (
                 operator.add, operator.iadd, torch.add, operator.sub, torch.sub) and len(n.args) == 2 \
                 and not n.kwargs:
