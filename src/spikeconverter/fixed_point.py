@@ -61,9 +61,6 @@ def _theta_max(act) -> float:
     return float(act.theta.max()) if act.per_channel else act.theta
 
 
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
 def _problems(gm, region, env) -> None:
     """Refuse what the dyadic grid cannot hold exactly (ops.fixed_point_problem: averages over
     non-powers of two, scales, non-nearest interpolation). ``env``: every node's value (one pass)."""
@@ -87,7 +84,8 @@ def _check_region(gm: nn.Module, region, env) -> list:
         mod = gm.get_submodule(n.target)
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"fixed_point needs batch norm folded into a conv/linear; '{n.target}' stands alone")
-        if isinstance(mod, WEIGHTED):
+        kind = ops.kind_of(gm, n)
+        if kind is not None and kind.weighted:  # carries synapses (the op table says which ops do)
             weighted.append(n)
     inside = set(region.nodes)
     for w in weighted:
