@@ -27,6 +27,14 @@ import numpy as np
 
 LIMIT = 2**62  # |values| stay below this: sums of two never overflow int64
 
+# What Bundle._call implements, by module class, function name and method name: export refuses any
+# other op before it writes a bundle. Kept here, beside the implementations, so the two cannot drift.
+MODULES = ("Conv1d", "Conv2d", "Linear", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
+           "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "Flatten", "SpikeActivation")
+FUNCTIONS = ("add", "iadd", "sub", "isub", "mul", "floordiv", "truediv", "mod", "getattr", "getitem", "cat",
+             "concat", "flatten", "max_pool1d", "max_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d")
+METHODS = ("size", "flatten", "reshape", "view", "add", "sub")
+
 
 class Dy:
     """a * 2^-e, a an int64 array (or a Python int for shape arithmetic is never wrapped)."""

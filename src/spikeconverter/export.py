@@ -20,13 +20,6 @@ import torch
 from .fixed_point import INPUT_BITS
 from .serialize import _enc, _module_config
 
-# what the reference executor computes (anything else is refused at export, naming the op)
-EXECUTOR_MODULES = ("Conv1d", "Conv2d", "Linear", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
-                    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "Flatten", "SpikeActivation")
-EXECUTOR_FUNCTIONS = ("add", "iadd", "sub", "isub", "mul", "floordiv", "truediv", "mod", "getattr", "getitem", "cat",
-                      "concat", "flatten", "max_pool1d", "max_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d")
-EXECUTOR_METHODS = ("size", "flatten", "reshape", "view", "add", "sub")
-
 
 def dyadic(t) -> tuple[np.ndarray, int]:
     """An exactly dyadic tensor as (int64 array, e) with t = a * 2^-e, e as small as it can be."""
@@ -47,17 +40,21 @@ def dyadic(t) -> tuple[np.ndarray, int]:
 
 
 def _check_ops(snn) -> None:
+    """Refuse, before writing anything, every op the torch-free executor does not implement (its
+    own list, beside its implementations in bundle_executor.py)."""
+    from .bundle_executor import FUNCTIONS, METHODS, MODULES
+
     gm = snn.gm
     for n in gm.graph.nodes:
         if n.op == "call_module":
             cls = type(gm.get_submodule(n.target)).__name__
-            if cls not in EXECUTOR_MODULES:
+            if cls not in MODULES:
                 raise ValueError(f"export: the reference executor does not implement {cls} ('{n.target}') yet")
         elif n.op == "call_function":
             name = getattr(n.target, "__name__", str(n.target))
-            if name not in EXECUTOR_FUNCTIONS:
+            if name not in FUNCTIONS:
                 raise ValueError(f"export: the reference executor does not implement {name} (node '{n.name}') yet")
-        elif n.op == "call_method" and n.target not in EXECUTOR_METHODS:
+        elif n.op == "call_method" and n.target not in METHODS:
             raise ValueError(f"export: the reference executor does not implement .{n.target}() (node '{n.name}') yet")
         elif n.op == "get_attr":
             raise ValueError(f"export: constant tensors (node '{n.name}') are not exported yet")
