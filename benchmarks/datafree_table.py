@@ -144,7 +144,8 @@ def render(data: dict) -> str:
                   r["bn_statistics"]["layers_from_synthesised_inputs"]) for r in bn}
         lines += ["", "BN statistics (`--data-free bn-statistics`, bn_thresholds.py): each layer's thresholds minimise "
                   "the expected quantization error of the normal N(beta, gamma^2) its BN gives, moments carried "
-                  "through residual sums; no input at all where they reach a layer ("
+                  "through residual sums and max-pools of a layer's output (a window's values taken as independent); "
+                  "no input at all where they reach a layer ("
                   + "; ".join(f"{m}: {k} layers from the statistics, {s_} from synthesised inputs" for m, k, s_ in
                               sorted(cover)) + "). Against the synthesised inputs it is "
                   f"{min(gaps):+.2f} to {max(gaps):+.2f} pp over these rows" + (" -- worse in every row" if max(gaps) < 0 else "")
