@@ -168,3 +168,37 @@ def test_a_max_pool_of_a_spiking_layer_is_modelled_as_the_max_of_its_window():
     assert torch.allclose(mom[0], m.b2.bias.detach() + pooled_mean)
     assert torch.allclose(mom[1], m.b2.weight.detach() ** 2 + pooled_var)
     check_identical(snn, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+
+
+def test_moments_pass_average_pools_flatten_and_a_classifier_without_bn():
+    """VGG's head: max-pool, global average pool, flatten, Linear, ReLU. The hidden layer's moments
+    are the pooled ones through W (means) and W squared (variances): no input synthesised."""
+    from spikeconverter.bn_thresholds import _moments_of_activation, pre_activation_moments
+    from spikeconverter.plan import node_shapes
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.features = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1))
+            self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 2))
+
+        def forward(self, x):
+            return self.classifier(self.features(torch.relu(self.b(self.c(x)))))
+
+    torch.manual_seed(3)
+    m = Head()
+    m.b.weight.data.uniform_(0.5, 1.5)
+    m.b.bias.data.uniform_(-0.5, 0.5)
+    m = m.double().eval()
+    snn = sc.convert(m, "data-free", timesteps=4, input_shape=(3, 8, 8), data_free_method="bn-statistics")
+    d = snn.calibration["data_free"]
+    assert d["images"] == 0 and d["layers_from_synthesised_inputs"] == [] and len(d["layers_from_bn_statistics"]) == 2
+    pooled_mean, pooled_var = _moments_of_activation(m.b.bias.detach(), m.b.weight.detach() ** 2, None, window=4)
+    pooled_var = pooled_var / 16  # the global average of the 4x4 map
+    w, bias = m.classifier[1].weight.detach(), m.classifier[1].bias.detach()
+    plan = snn.plan
+    hidden = [a for a in plan.activations if plan.layer_name(a) == d["layers_from_bn_statistics"][1]][0]
+    mean, var = pre_activation_moments(plan, node_shapes(plan.gm, torch.zeros(1, 3, 8, 8, dtype=torch.float64)))[hidden]
+    assert torch.allclose(mean, w @ pooled_mean + bias) and torch.allclose(var, (w * w) @ pooled_var)
+    check_identical(snn, torch.randn(2, 3, 8, 8, dtype=torch.float64))

@@ -11,6 +11,9 @@ Moments are propagated where that is standard (each step says what it assumes):
 - a spiking layer's output: the moments of act(z) (ReLU, or ReLU6's clip) for normal z;
 - a sum or difference of such values: means add, variances add (independent terms);
 - the sum feeds the next layer as normal with those moments (residual blocks);
+- an average pool (a mean of k independent values: the variance over k), flatten (each channel's
+  moments for each of its positions) and a linear layer without BN (means through W, variances
+  through W squared: independent inputs) -- a classifier's hidden layers;
 - a max-pool of a spiking layer's output (ResNet's stem): the k values of a window taken as
   independent draws of that layer's z, so the pool gives act(max of k draws), whose quantiles are
   those of the normal at u^(1/k). Neighbouring pixels are correlated, so this overstates the
@@ -72,11 +75,50 @@ def _max_pool_window(gm, n: fx.Node) -> int | None:
     return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** dims
 
 
-def pre_activation_moments(plan) -> dict:
+def _window(shape_in, shape_out) -> int | None:
+    """Values averaged per output of an average pool that tiles its input (adaptive or not)."""
+    import math
+
+    if shape_in is None or shape_out is None or len(shape_in) != len(shape_out):
+        return None
+    n_in, n_out = math.prod(shape_in[2:]), math.prod(shape_out[2:])
+    return n_in // n_out if n_out and n_in % n_out == 0 else None
+
+
+PASS_THROUGH = (torch.nn.Dropout, torch.nn.Identity)  # identities in an evaluated network
+
+
+def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
     """Per spiking layer node (not the input coder), (mean [C], variance [C]) of its pre-activation
-    where BN statistics determine it; layers missing from the dict have none."""
+    where BN statistics determine it; layers missing from the dict have none. ``shapes`` (node ->
+    output shape, batch first; plan.node_shapes) lets moments pass average pools, flatten and
+    linear layers without BN (a classifier's hidden layers)."""
     gm = plan.gm
+    shapes = shapes or {}
     memo: dict = {}
+
+    def through(n, mod) -> tuple | None:
+        """Moments after a module without BN statistics of its own, from its input's."""
+        inner = moments(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+        if inner is None:
+            return None
+        mean, var = inner
+        if isinstance(mod, PASS_THROUGH):
+            return inner
+        if isinstance(mod, torch.nn.Flatten) and (shape := shapes.get(n.args[0])) is not None \
+                and mod.start_dim == 1 and mod.end_dim == -1 and len(shape) > 2 and mean.numel() == shape[1]:
+            per = 1
+            for d in shape[2:]:
+                per *= d
+            return mean.repeat_interleave(per), var.repeat_interleave(per)  # channel-major, as flatten lays it out
+        if isinstance(mod, (torch.nn.modules.pooling._AvgPoolNd, torch.nn.modules.pooling._AdaptiveAvgPoolNd)) and \
+                (k := _window(shapes.get(n.args[0]), shapes.get(n))):
+            return mean, var / k  # a mean of k independent values
+        if isinstance(mod, torch.nn.Linear) and mean.numel() == mod.in_features:
+            w = mod.weight.detach().double()  # independent inputs: means and variances map linearly
+            b = mod.bias.detach().double() if mod.bias is not None else 0.0
+            return w @ mean + b, (w * w) @ var
+        return None
 
     def moments(n):
         if n in memo:
@@ -92,6 +134,8 @@ def pre_activation_moments(plan) -> dict:
             elif isinstance(mod, SpikeActivation) and not mod.signed and not mod.leaky:
                 inner = moments(n.args[0])
                 out = None if inner is None else _moments_of_activation(*inner, mod.cap)
+            elif _max_pool_window(gm, n) is None:
+                out = through(n, mod)
         if out is None and isinstance(n, fx.Node) and (window := _max_pool_window(gm, n)) and \
                 isinstance(n.args[0], fx.Node) and n.args[0].op == "call_module":
             act = gm.get_submodule(n.args[0].target)  # a max-pool of a spiking layer's output

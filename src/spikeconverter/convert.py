@@ -31,7 +31,7 @@ from .calibrate import (
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
 from .neuron import check_code_length, check_params
 from .passes import prepare
-from .plan import GraphPlan, analyze, check_pools, pools_mixing_channels
+from .plan import GraphPlan, analyze, check_pools, node_shapes, pools_mixing_channels
 
 METHODS = ("spikeconverter", "rate")
 # The two-phase method's post-training calibration by default (chosen by measurement:
@@ -923,7 +923,7 @@ def _convert_bn_statistics(model, input_shape: tuple, synth: dict, kw: dict) -> 
     g = torch.Generator().manual_seed(synth["seed"])  # an input only to trace with (its values set nothing kept)
     example = torch.randn((2,) + input_shape, generator=g).to(device=_device(model), dtype=_dtype(model))
     probe = prepare(model, kw["input_coding"], lambda: example)
-    missing = [a for a in probe.spikers if a not in pre_activation_moments(probe)]
+    missing = [a for a in probe.spikers if a not in pre_activation_moments(probe, node_shapes(probe.gm, example[:1]))]
     synthesised = None
     if missing:  # those layers need activations to calibrate on: synthesise inputs (method 2)
         calibration, synthesised = synthesize_inputs(model, input_shape, n=synth["n"], steps=synth["steps"],
@@ -936,7 +936,7 @@ def _convert_bn_statistics(model, input_shape: tuple, synth: dict, kw: dict) -> 
     plan, spec = snn.plan, snn.threshold
     per_channel = snn.calibration["per_channel"]
     mixed = pools_mixing_channels(plan, example[:1]) if per_channel else set()
-    moments = pre_activation_moments(plan)
+    moments = pre_activation_moments(plan, node_shapes(plan.gm, example[:1]))
     searched: dict = {}  # distinct (mean/sd, cap/sd) shapes, shared by the layers
     for info, a in zip(snn.layers, plan.spikers):
         if a not in moments:
