@@ -93,7 +93,7 @@ def test_moments_come_from_the_bn_and_through_residual_sums():
     for a in plan.activations:  # each threshold is the one its moments give
         mod = plan.gm.get_submodule(a.target)
         theta, _ = thresholds_from_moments(*mom[a], None, "mse", 2.0, 4, 0.5)
-        assert torch.equal(mod.theta.flatten(), theta.to(mod.theta.dtype)) and mod.shift is None
+        assert torch.equal(mod.theta.flatten(), theta.to(mod.theta.dtype))
     check_identical(snn, torch.randn(3, 3, 8, 8, dtype=torch.float64))
 
 
@@ -201,4 +201,49 @@ def test_moments_pass_average_pools_flatten_and_a_classifier_without_bn():
     hidden = [a for a in plan.activations if plan.layer_name(a) == d["layers_from_bn_statistics"][1]][0]
     mean, var = pre_activation_moments(plan, node_shapes(plan.gm, torch.zeros(1, 3, 8, 8, dtype=torch.float64)))[hidden]
     assert torch.allclose(mean, w @ pooled_mean + bias) and torch.allclose(var, (w * w) @ pooled_var)
+    check_identical(snn, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+
+
+def test_bias_corrections_from_the_statistics_cancel_the_expected_error_of_the_layers_before():
+    """With bias_correction=True: each layer's expected output error E[q(z)] - E[act(z)] (checked
+    against sampling) is carried by the next layer's synapses; its shift is minus that (a 1x1 conv:
+    exactly W @ error). The first layer, fed by the image alone, has none; the network stays exact."""
+    from spikeconverter.bn_thresholds import expected_output_errors, pre_activation_moments
+    from spikeconverter.neuron import quantize_fast
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c2, self.b2 = nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5)
+            self.fc = nn.Linear(5 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))).flatten(1))
+
+    torch.manual_seed(4)
+    m = Chain()
+    for bn in (m.b1, m.b2):
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    m = m.double().eval()
+    plain = sc.convert(m, "data-free", timesteps=3, input_shape=(3, 8, 8), data_free_method="bn-statistics")
+    assert all(a.shift is None for a in plain._acts())  # the default: no correction
+    snn = sc.convert(m, "data-free", timesteps=3, input_shape=(3, 8, 8), data_free_method="bn-statistics",
+                     bias_correction=True)
+    plan = snn.plan
+    first, second = plan.activations
+    mod1, mod2 = (plan.gm.get_submodule(a.target) for a in (first, second))
+    assert mod1.shift is None and mod2.shift is not None
+    assert snn.calibration["data_free"]["layers_bias_corrected_from_statistics"] == [plan.layer_name(second)]
+    mom = pre_activation_moments(plan)
+    err = expected_output_errors(plan, mom)[first]
+    g = torch.Generator().manual_seed(0)
+    z = mom[first][0] + mom[first][1].sqrt() * torch.randn(400_000, 4, generator=g, dtype=torch.float64)
+    sampled = (quantize_fast(z, mod1.theta.flatten()[None, :], 2.0, 3, 0.5) - z.clamp_min(0)).mean(0)
+    assert torch.allclose(err, sampled, atol=2e-3 * float(mom[first][1].sqrt().max()))
+    w = plan.gm.get_submodule(next(n for n in plan.regions[second].nodes if n.op == "call_module").target).weight
+    assert torch.allclose(mod2.shift.flatten(), -(w.detach()[:, :, 0, 0] @ err))
+    assert mod2.shift.abs().max() > 0
     check_identical(snn, torch.randn(2, 3, 8, 8, dtype=torch.float64))

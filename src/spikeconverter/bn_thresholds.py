@@ -20,7 +20,9 @@ Moments are propagated where that is standard (each step says what it assumes):
   window's maximum (an upper bound under the normal model).
 Anything else before a spiking layer (concat, pools, interpolation, scaling, ...) has no moments
 here: that layer is calibrated on synthesised inputs instead (datafree.py), and the result says
-which layers came from where. No bias correction: it needs observed activations.
+which layers came from where. Bias correction from the statistics (each layer's expected output
+error carried through the next layer's synapses, as in data-free quantization) is opt-in,
+``bias_correction=True``: measured on the shipped networks it was not better on balance.
 """
 
 from __future__ import annotations
@@ -210,3 +212,51 @@ def thresholds_from_moments(mean, var, cap, spec, beta, timesteps, phi, per_chan
         theta_d, err_d = _search(sample, sample, sample.max(1).values, cap, spec, beta, timesteps, phi)
         theta[dead], err[dead] = theta_d, err_d.double()
     return theta, float(err.mean())
+
+
+def expected_output_errors(plan, moments: dict) -> dict:
+    """Per spiking layer with moments: E[q(z)] - E[act(z)] per channel for z ~ N(mean, var), with
+    the layer's thresholds -- the mean error its train adds to what the next layers receive."""
+    from .neuron import quantize_fast
+
+    errors = {}
+    for a, (mean, var) in moments.items():
+        m = plan.gm.get_submodule(a.target)
+        z = mean[None, :] + var.clamp_min(0).sqrt()[None, :] * standard_quantiles()[:, None]  # [Q, C]
+        theta = m.theta.detach().double().flatten()[None, :] if m.per_channel else m.theta
+        act = z.clamp(0.0, m.cap) if m.cap is not None else z.clamp_min(0.0)
+        errors[a] = (quantize_fast(z, theta, m.beta, m.timesteps, m.phi) - act).mean(0)
+    return errors
+
+
+def bias_corrections(plan, moments: dict, shapes: dict) -> dict:
+    """Bias correction from the statistics (as in data-free quantization, Nagel et al. 2019): per
+    spiking layer whose sources are all modelled layers (or the analog input), the shift that
+    cancels the mean error its sources' trains bring: minus the per-channel spatial mean of its
+    region's linear part applied to their expected errors (expected_output_errors), each a constant
+    map over its channel. The thresholds were chosen for the corrected mean, so nothing else moves."""
+    from .plan import run_region
+
+    errors = expected_output_errors(plan, moments)
+    shifts = {}
+    for a in plan.activations:
+        if a not in moments or a not in plan.regions:
+            continue
+        region = plan.regions[a]
+        if not all(s in errors or plan.is_analog(s) for s in region.sources) or \
+                not any(s in errors for s in region.sources):  # fed by the analog input alone: no error
+            continue
+        values = {}
+        for s in region.sources:
+            shape = (1,) + tuple(shapes[s][1:])
+            e = errors.get(s)
+            values[s] = torch.zeros(shape, dtype=torch.float64) if e is None else \
+                e.reshape((1, -1) + (1,) * (len(shape) - 2)).expand(shape).contiguous()
+        with torch.no_grad():
+            out = run_region(plan.gm, region, {s: v.to(_dtype_of(plan.gm)) for s, v in values.items()}, with_bias=False)
+        shifts[a] = -(out.double().flatten(2).mean(2)[0] if out.dim() > 2 else out.double()[0])
+    return shifts
+
+
+def _dtype_of(gm) -> torch.dtype:
+    return next(gm.parameters()).dtype
