@@ -18,7 +18,7 @@ import _common
 
 
 @torch.no_grad()
-def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4, 8, 16), reps: int = 5,
+def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4, 8, 16), reps: int = 5, sim_reps: int = 2,
             dataset: str = "cifar10", checkpoint: str | None = None) -> dict:
     ckpt = _common.checkpoint_for(model_name, dataset, override=checkpoint)
     info = {}
@@ -43,14 +43,14 @@ def measure(model_name: str, batch: int = 250, sim_batch: int = 16, timesteps=(4
         snn.compile()
         t_comp = _common.best_time(lambda: snn(x), reps)
         snn.compile(False)
-        t_sim = _common.best_time(lambda: snn.simulate(xs, clocked=True), 1)
-        t_layers = _common.best_time(lambda: snn.simulate(xs, clocked=False), 1)
+        t_sim = _common.best_time(lambda: snn.simulate(xs, clocked=True), 2)
+        t_layers = _common.best_time(lambda: snn.simulate(xs, clocked=False), 2)
         rows.append({"T": T, "fast_ratio": t_fast / t_ann, "compiled_ratio": t_comp / t_ann,
                      "simulate_ratio": t_sim / t_ann_small, "simulate_layers_ratio": t_layers / t_ann_small,
                      "img_per_s_fast": batch / t_fast, "img_per_s_compiled": batch / t_comp,
                      "img_per_s_simulate": sim_batch / t_sim})
     return {"model": model_name, "dataset": dataset, "image_size": side, "weights": weights, "batch": batch,
-            "sim_batch": sim_batch, "reps": reps,
+            "sim_batch": sim_batch, "reps": reps, "sim_reps": sim_reps,
             "img_per_s_ann": batch / t_ann, "rows": rows}
 
 
@@ -64,13 +64,14 @@ def format_speed(results: list[dict], machine: str) -> str:
     batch = {r.get("batch", 250) for r in results}
     reps = {r.get("reps", 5) for r in results}
     sim = {r.get("sim_batch", 16) for r in results}
+    sim_reps = {r.get("sim_reps", 1) for r in results}
 
     def one(values):
         return "/".join(str(v) for v in sorted(values))
 
     lines = [f"Machine: {machine}. Ratios are times relative to the ANN on the same batch ({one(batch)} random "
              f"inputs of the network's input size), measured in one run (best of {one(reps)}; the time-stepped "
-             f"engine: one run on a {one(sim)}-image batch vs the ANN on the same {one(sim)} images). The "
+             f"engine: best of {one(sim_reps)} on a {one(sim)}-image batch vs the ANN on the same {one(sim)} images). The "
              "time-stepped engine in its two orders (engine.py): every layer on one clock (the CPU default), and "
              "layer after layer with each layer's input frames through its synapses in one batched call.",
              "",
