@@ -49,6 +49,7 @@ def measure(networks, timesteps, limits, images, steps, stored: dict | None = No
             raise SystemExit(f"the stored rows used synthesis {stored['synthesis']}, not {out['synthesis']}: "
                              "pass the same --images/--steps or measure every network")
         out = stored
+        out["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         for r in out["rows"]:
             r.setdefault("machine", stored["machine"])
     for item in networks:
@@ -106,6 +107,7 @@ def add_bn_statistics(data: dict, networks=None) -> None:
             print(f"{model}/{dataset} T = {r['T']}: BN statistics {acc - r['ann_accuracy']:+.2f} pp ({seconds:.0f} s)",
                   flush=True)
         data["bn_statistics_machine"] = _common.machine()
+        data["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         write(data)  # after every network: a stopped run keeps what it measured
 
 
@@ -113,7 +115,8 @@ def render(data: dict) -> str:
     s = data["synthesis"]
     lines = [f"SNN - ANN (pp) with the default calibration (512 training images) and data-free ({s['images']} inputs "
              f"synthesised from batch-norm statistics in {s['steps']} optimiser steps, no image used); fast path "
-             f"(exact), on a fixed random subset of test images; {data['machine']}, {data['date']}. Regenerate: "
+             f"(exact), on a fixed random subset of test images; {data['machine']}, {data['date']}"
+             + (f" (rows added up to {data['updated']})" if data.get("updated") else "") + ". Regenerate: "
              "`python benchmarks/datafree_table.py` (`--render` from docs/datafree.json).", "",
              "| network | T | images | ANN % | default: SNN - ANN | data-free, synthesised: SNN - ANN | synthesised: "
              "synthesis + conversion (s) | data-free, BN statistics: SNN - ANN | BN statistics: conversion (s) "
@@ -149,9 +152,9 @@ def render(data: dict) -> str:
                   + "; ".join(f"{m}: {k} layers from the statistics, {s_} from synthesised inputs" for m, k, s_ in
                               sorted(cover)) + "). Against the synthesised inputs it is "
                   f"{min(gaps):+.2f} to {max(gaps):+.2f} pp over these rows" + (" -- worse in every row" if max(gaps) < 0 else "")
-                  + "; it has no "
-                  "bias correction (that needs observed activations) and the normal is a poor model of the "
-                  "pre-activations in many channels. It converts in "
+                  + "; the normal is a poor model of the pre-activations in many channels, and worst where moments "
+                  "pass many residual sums and a max-pool (ResNet-34); its bias correction from the statistics "
+                  "(`bias_correction=True`) is opt-in, not better on balance. It converts in "
                   f"{min(r['bn_statistics']['seconds_convert'] for r in bn):.0f}-"
                   f"{max(r['bn_statistics']['seconds_convert'] for r in bn):.0f} s where the synthesis takes "
                   f"{min(r['data_free']['seconds_synthesis'] for r in bn):.0f}-"
