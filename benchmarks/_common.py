@@ -52,25 +52,28 @@ def best_time(fn, reps: int = 5) -> float:
     return best
 
 
-def replace_section(path: Path, name: str, block: str, heading: str | None = None,
-                    after: str | None = None) -> None:
-    """Put ``block`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path`` (a results
-    script owns its section; paper_table.py keeps sections it does not produce). ``heading`` (a
-    "## ..." line) goes before the markers; a new section goes after the marker line ``after`` if
-    given and present, else at the end."""
+def with_section(text: str, name: str, block: str, heading: str | None = None, after: str | None = None) -> str:
+    """``text`` with ``block`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` -- the one
+    section writer of every generated document (results scripts, the README's headline, the op
+    list, the training table). ``heading`` (a "## ..." line) goes before the markers; a new section
+    goes after the marker line ``after`` if given and present, else at the end."""
     import re
 
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     section = (f"{heading}\n\n" if heading else "") + f"{start}\n{block.strip()}\n{end}"
-    text = path.read_text()
     if start in text:
         pattern = (r"(## [^\n]*\n\n)?" if heading else "") + re.escape(start) + ".*?" + re.escape(end)
-        text = re.sub(pattern, lambda m: section, text, count=1, flags=re.S)
-    elif after and after in text:
-        text = text.replace(after, after + "\n\n" + section, 1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+        return re.sub(pattern, lambda m: section, text, count=1, flags=re.S)
+    if after and after in text:
+        return text.replace(after, after + "\n\n" + section, 1)
+    return text.rstrip() + "\n\n" + section + "\n"
+
+
+def replace_section(path: Path, name: str, block: str, heading: str | None = None,
+                    after: str | None = None) -> None:
+    """Rewrite ``path`` with the section (``with_section``); a results script owns its section,
+    paper_table.py keeps the sections it does not produce."""
+    path.write_text(with_section(path.read_text(), name, block, heading, after))
 
 
 def _threads(n: int) -> str:

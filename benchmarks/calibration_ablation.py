@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import time
 from pathlib import Path
@@ -49,7 +48,6 @@ CONFIGS = {
     "per-channel + bias correction + tuned thresholds": dict(per_channel=True, sequential=False, bias_correction=True,
                                                              tune=dict(epochs=30, lr=1e-3, theta_lr=2e-3)),
 }
-START, END = "<!-- calibration:start -->", "<!-- calibration:end -->"
 
 
 def accuracy(fn, test, batch_size=500) -> float:
@@ -153,13 +151,7 @@ def markdown(r: dict) -> list[str]:
 def write(r: dict) -> None:
     (DOCS / "calibration_ablation.json").write_text(json.dumps(r, indent=2) + "\n")
     path = DOCS / "results.md"
-    text = path.read_text()
-    block = "\n".join([START, *markdown(r), END])
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n## Post-training calibration ablation\n\n" + block + "\n"
-    path.write_text(text)
+    _common.replace_section(path, "calibration", "\n".join(markdown(r)), heading="## Post-training calibration ablation")
     print(f"wrote {path.relative_to(ROOT)} and docs/calibration_ablation.json")
 
 

@@ -2,19 +2,22 @@
 
 Usage: python scripts/op_table.py [--check]   (--check: exit 1 if the docs are out of date)"""
 
-import re
 import sys
 from pathlib import Path
 
-from spikeconverter.ops import supported_ops_markdown
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the one section writer of the generated documents
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "method.md"
+from spikeconverter.ops import supported_ops_markdown  # noqa: E402
+
+from _common import with_section  # noqa: E402
+
+DOC = ROOT / "docs" / "method.md"
 
 
 def main() -> int:
     text = DOC.read_text()
-    block = "<!-- ops:start -->\n" + supported_ops_markdown() + "\n<!-- ops:end -->"
-    new = re.sub(r"<!-- ops:start -->.*?<!-- ops:end -->", lambda _: block, text, flags=re.S)
+    new = with_section(text, "ops", supported_ops_markdown())
     if "--check" in sys.argv:
         return int(new != text)
     DOC.write_text(new)

@@ -5,7 +5,6 @@
 """
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -56,7 +55,8 @@ if __name__ == "__main__":
         print(t)
     else:
         doc = ROOT / "docs" / "training.md"
-        text = re.sub(r"(<!-- training:start -->\n).*?(\n<!-- training:end -->)", lambda mm: mm.group(1) + t + mm.group(2),
-                      doc.read_text(), flags=re.S)
-        doc.write_text(text)
+        sys.path.insert(0, str(ROOT / "benchmarks"))  # the one section writer of the generated documents
+        from _common import replace_section
+
+        replace_section(doc, "training", t)
         print(f"wrote the table in {doc}")
