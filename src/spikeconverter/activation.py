@@ -100,8 +100,9 @@ class SpikeActivation(nn.Module):
         return -self._slope_for(z) * z
 
     def observed(self, z: torch.Tensor) -> torch.Tensor:
-        """What calibration sees: z, or for two populations the magnitude |leaky(z)| both codes share."""
-        return torch.where(z > 0, z, self.off_input(z)) if self.leaky else z
+        """What calibration sees (the code says: z, |z| for the input coder, |leaky(z)| for two
+        populations -- the magnitude their one threshold codes)."""
+        return self.code.observed(z, self._slope_arg(z))
 
     def extra_repr(self) -> str:
         s = f"mode={self.mode}, cap={self.cap}"

@@ -133,7 +133,7 @@ def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
                 out = (mean.double(), sd.double() ** 2)
             elif isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.affine:  # a BN on its own
                 out = (mod.bias.detach().double(), mod.weight.detach().double() ** 2)
-            elif isinstance(mod, SpikeActivation) and not mod.signed and not mod.leaky:
+            elif isinstance(mod, SpikeActivation) and mod.code.populations == 1:
                 inner = moments(n.args[0])
                 out = None if inner is None else _moments_of_activation(*inner, mod.cap)
             elif _max_pool_window(gm, n) is None:
@@ -141,7 +141,7 @@ def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
         if out is None and isinstance(n, fx.Node) and (window := _max_pool_window(gm, n)) and \
                 isinstance(n.args[0], fx.Node) and n.args[0].op == "call_module":
             act = gm.get_submodule(n.args[0].target)  # a max-pool of a spiking layer's output
-            if isinstance(act, SpikeActivation) and not act.signed and not act.leaky:
+            if isinstance(act, SpikeActivation) and act.code.populations == 1:
                 inner = moments(n.args[0].args[0])
                 out = None if inner is None else _moments_of_activation(*inner, act.cap, window)
         elif isinstance(n, fx.Node) and n.op == "call_function" and n.target in (

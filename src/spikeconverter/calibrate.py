@@ -28,9 +28,8 @@ BETA_CANDIDATES = (1.0, 1.25, 1.5, 1.75, 2.0)
 class Observer:
     """Max and a bounded uniform sample (reservoir over batches) of the positive values of z."""
 
-    def __init__(self, sample_size: int = SAMPLE_SIZE, seed: int = 0, signed: bool = False):
+    def __init__(self, sample_size: int = SAMPLE_SIZE, seed: int = 0):
         self.sample_size = sample_size
-        self.signed = signed  # the input coder codes |z| with two polarities
         self.max = 0.0
         self.sample = torch.empty(0)
         self.keys = torch.empty(0)  # random keys of the sampled values (smallest kept)
@@ -39,8 +38,6 @@ class Observer:
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> None:
         z = z.detach().float().flatten().cpu()  # statistics live on the host: the same thresholds on any device
-        if self.signed:
-            z = z.abs()
         if not bool(torch.isfinite(z).all()):
             raise ValueError("calibration produced NaN/Inf activations (check the calibration data and the model)")
         pos = z[z > 0]
@@ -72,11 +69,10 @@ class ChannelObserver:
     pre-activations (``capture``); the second pass, with the layers before quantized, samples z at
     the same positions beside them, so a threshold can be judged against the float ANN's output."""
 
-    def __init__(self, sample_size: int = 2**20, seed: int = 0, signed: bool = False,
+    def __init__(self, sample_size: int = 2**20, seed: int = 0,
                  min_per_channel: int = 4096, max_per_channel: int = 65_536, means_only: bool = False):
         self.budget = (sample_size, min_per_channel, max_per_channel)
         self.means_only = means_only  # a bias correction's quantized pass needs only the means
-        self.signed = signed
         self.per_channel = 0  # sample size per channel, fixed at the first batch
         self.sum = self.count = self.max = None
         self.target_sum = None
@@ -88,8 +84,6 @@ class ChannelObserver:
     def _positions(self, z: torch.Tensor) -> torch.Tensor:
         """z as [positions N, C, R] on the host (statistics live there: the same thresholds on any device)."""
         z = z.detach().cpu()
-        if self.signed:
-            z = z.abs()
         if not bool(torch.isfinite(z).all()):
             raise ValueError("calibration produced NaN/Inf activations (check the calibration data and the model)")
         if z.dim() < 2:

@@ -48,6 +48,12 @@ class Code:
         """What each population codes for pre-activation z."""
         return (z,)
 
+    def observed(self, z: torch.Tensor, slope=None) -> torch.Tensor:
+        """What calibration sees for pre-activation z: the values the populations' one threshold
+        must code (for two populations, each element's nonzero part: they never both fire)."""
+        parts = self.coded(z, slope)
+        return parts[0] if len(parts) == 1 else torch.where(parts[0] > 0, parts[0], parts[1])
+
     # -- the twin --------------------------------------------------------------------------------
     def value(self, z: torch.Tensor, p: Params, quantize, slope=None) -> torch.Tensor:
         """q(z) with ``quantize`` (fast, compiled or straight-through): ON minus OFF."""
@@ -100,6 +106,9 @@ class Signed(_TwoPopulations):
 
     def coded(self, z, slope=None):
         return (z, -z)
+
+    def observed(self, z, slope=None):
+        return z.abs()
 
 
 class Leaky(_TwoPopulations):

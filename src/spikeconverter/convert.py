@@ -480,7 +480,7 @@ def _observe(plan: GraphPlan, mods: dict, calibration, progress: bool) -> tuple[
     gm = plan.gm
     dtype = _dtype(gm)
     for m in mods.values():
-        m.observer = Observer(signed=m.signed)
+        m.observer = Observer()
         m.mode = "observe"
     first = {}
 
@@ -645,7 +645,7 @@ def _calibrate_staged(plan: GraphPlan, mods: dict, calibration, threshold, beta,
         for a in stage:
             m, obs = mods[a], mods[a].observer
             shift = None
-            if bias_correction and not m.signed and not m.leaky:  # two populations observe |leaky(z)|, not z
+            if bias_correction and m.code.populations == 1:  # two populations observe magnitudes, not z
                 aim = obs.target_mean if sequential else float_obs[a].mean
                 shift = (aim - obs.mean).float()
             theta, err = choose(a, obs, betas[a], shift) if sequential else choose(a, float_obs[a], betas[a])
@@ -665,7 +665,7 @@ def _observe_float(gm, mods: dict, batches: list, everything: bool) -> tuple[dic
             m.mode = "ann"
         return _run(gm, batches[:1]), {}
     for m in mods.values():
-        m.observer, m.mode = ChannelObserver(signed=m.signed), "observe"
+        m.observer, m.mode = ChannelObserver(), "observe"
     return _run(gm, batches), {a: m.observer for a, m in mods.items()}
 
 
@@ -695,7 +695,7 @@ def _observe_stage(mods: dict, stage: list, chosen: dict, quantized, floating, d
             m.mode = "quantize" if (quantize and a in chosen) else "ann"
 
     for a in stage:
-        mods[a].observer = ChannelObserver(signed=mods[a].signed, means_only=not sequential)
+        mods[a].observer = ChannelObserver(means_only=not sequential)
     if sequential:
         set_modes(quantize=False)
         floating.advance(depth)
