@@ -134,7 +134,10 @@ def accumulate(v: torch.Tensor, current: torch.Tensor, beta: float) -> torch.Ten
 
 
 def accumulate_(v: torch.Tensor, current, beta: float) -> torch.Tensor:
-    """``accumulate`` in place (the same two operations, in the same order). Returns v."""
+    """``accumulate`` in place, bit for bit. Returns v. With beta = 2 in one pass: current + 2 V
+    rounds once either way (doubling is exact), whatever the kernel fuses."""
+    if beta == 2.0 and torch.is_tensor(current):
+        return torch.add(current, v, alpha=2.0, out=v)
     return v.mul_(beta).add_(current)
 
 
