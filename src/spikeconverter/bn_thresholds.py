@@ -27,11 +27,13 @@ error carried through the next layer's synapses, as in data-free quantization) i
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
 import torch.fx as fx
 
+from . import ops
 from .activation import SpikeActivation
 from .calibrate import _search
 
@@ -60,34 +62,26 @@ def _max_quantiles(k: int, n: int = QUANTILES) -> torch.Tensor:
 
 
 def _max_pool_window(gm, n: fx.Node) -> int | None:
-    """Values per window of a max-pool node (module or function), or None if n is not one."""
-    import math
-
+    """Values per window of a max-pool node (the op table says which nodes are), or None if n is
+    not one or has no fixed kernel (adaptive pools)."""
+    if ops.role_of(gm, n) != ops.MAXPOOL:
+        return None
     if n.op == "call_module":
         mod = gm.get_submodule(n.target)
-        if not isinstance(mod, torch.nn.modules.pooling._MaxPoolNd):
-            return None
-        dims, k = int(type(mod).__name__[-2]), mod.kernel_size
-    elif n.op == "call_function" and getattr(n.target, "__name__", "") in ("max_pool1d", "max_pool2d", "max_pool3d",
-                                                                            "_max_pool1d", "_max_pool2d", "_max_pool3d"):
-        dims = int(n.target.__name__[-2])
-        k = n.kwargs.get("kernel_size", n.args[1] if len(n.args) > 1 else None)
+        name, k = type(mod).__name__, getattr(mod, "kernel_size", None)
     else:
+        name, k = getattr(n.target, "__name__", ""), ops._arg(n.args, n.kwargs, 1, "kernel_size")
+    if k is None or "adaptive" in name.lower():
         return None
-    return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** dims
+    return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** int(name[-2])
 
 
 def _window(shape_in, shape_out) -> int | None:
     """Values averaged per output of an average pool that tiles its input (adaptive or not)."""
-    import math
-
     if shape_in is None or shape_out is None or len(shape_in) != len(shape_out):
         return None
     n_in, n_out = math.prod(shape_in[2:]), math.prod(shape_out[2:])
     return n_in // n_out if n_out and n_in % n_out == 0 else None
-
-
-PASS_THROUGH = (torch.nn.Dropout, torch.nn.Identity)  # identities in an evaluated network
 
 
 def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
@@ -105,13 +99,11 @@ def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
         if inner is None:
             return None
         mean, var = inner
-        if isinstance(mod, PASS_THROUGH):
+        if ops.role_of(gm, n) == ops.IDENTITY:  # dropout and the like in an evaluated network
             return inner
         if isinstance(mod, torch.nn.Flatten) and (shape := shapes.get(n.args[0])) is not None \
                 and mod.start_dim == 1 and mod.end_dim == -1 and len(shape) > 2 and mean.numel() == shape[1]:
-            per = 1
-            for d in shape[2:]:
-                per *= d
+            per = math.prod(shape[2:])
             return mean.repeat_interleave(per), var.repeat_interleave(per)  # channel-major, as flatten lays it out
         if isinstance(mod, (torch.nn.modules.pooling._AvgPoolNd, torch.nn.modules.pooling._AdaptiveAvgPoolNd)) and \
                 (k := _window(shapes.get(n.args[0]), shapes.get(n))):
