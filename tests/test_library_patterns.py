@@ -137,8 +137,25 @@ class BlurResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class NarrowNet(nn.Module):
+    """Channel halves taken with torch.narrow (GhostNet-style split) and one row kept with torch.select."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8 * 6, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = torch.cat([torch.narrow(x, 1, 0, 4), F.relu(self.conv2(torch.narrow(x, 1, 4, 4)))], 1)
+        row = torch.select(x, 2, 1)  # [B, 8, W]
+        return self.fc(row.flatten(1))
+
+
 PATTERNS = {"assert_norm_act": (AssertNet, (3, 16, 16)), "vgg_shape_head": (VggNet, (3, 8, 8)),
-            "fpn_resize_to_skip": (FpnNet, (3, 9, 9)), "blur_pool_and_std_conv": (BlurResNet, (3, 10, 10))}
+            "fpn_resize_to_skip": (FpnNet, (3, 9, 9)), "blur_pool_and_std_conv": (BlurResNet, (3, 10, 10)),
+            "narrow_and_select": (NarrowNet, (3, 6, 6))}
 
 
 def build(name):

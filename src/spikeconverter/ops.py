@@ -460,8 +460,9 @@ TABLE: list[OpKind] = [
            "`nn.CircularPad*` (a nonzero constant is a bias)", linear_part=_pad_linear, rearranges=_pad_rearranges),
     OpKind("concatenation", REARRANGE, (), (torch.cat, torch.concat, torch.concatenate, torch.stack), (),
            "`torch.cat`, `torch.concat`, `torch.stack`"),
-    OpKind("indexing and slicing", REARRANGE, (), (operator.getitem,), ("narrow", "select"),
-           "`x[:, :c]`, `x[..., ::2, ::2]`, `x.narrow`, picking a part of `chunk`/`split`", check=_getitem_check),
+    OpKind("indexing and slicing", REARRANGE, (), (operator.getitem, torch.narrow, torch.select), ("narrow", "select"),
+           "`x[:, :c]`, `x[..., ::2, ::2]`, `x.narrow`, `torch.narrow`, `torch.select`, picking a part of "
+           "`chunk`/`split`", check=_getitem_check),
     OpKind("splitting", REARRANGE, (), (torch.chunk, torch.split, torch.tensor_split, torch.unbind),
            ("chunk", "split", "tensor_split", "unbind"), "`x.chunk(2, 1)`, `torch.split`, `unbind`"),
     OpKind("reshaping", REARRANGE, (nn.Flatten, nn.Unflatten), (torch.flatten, torch.reshape, torch.squeeze,
