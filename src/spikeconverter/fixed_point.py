@@ -106,9 +106,7 @@ def _sources_of(node, region) -> set:
 def _row_abs_sum_max(mod: nn.Module) -> float:
     """Largest sum of |weights| into one output neuron (a bound for a transposed conv: per output
     channel, all its weights)."""
-    w = mod.weight.detach().double().abs()
-    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        w = w.transpose(0, 1)
+    w = ops.weight_rows(mod).detach().double().abs()
     return float(w.flatten(1).sum(1).max())
 
 

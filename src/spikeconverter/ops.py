@@ -56,6 +56,16 @@ class OpKind:
     rearranges: Callable | None = None
     # (call, args, kwargs) -> why the op is not exact on fixed-point's dyadic grid, or None
     fixed_point: Callable | None = None
+    # activations: (gm, node) -> the spiking layer (SpikeActivation) that replaces the node
+    layer: Callable | None = None
+    # weighted: (mod, in_shape, out_shape) -> multiply-accumulates per sample
+    macs: Callable | None = None
+    # weighted: (mod, x) -> the op with every weight 1 and no bias (its transpose counts synapses)
+    unit: Callable | None = None
+    # weighted: mod -> its weights with the output channel first (fixed point bounds a potential by rows)
+    rows: Callable | None = None
+    folds_batchnorm: bool = False  # a BatchNorm right after it folds into its weights and bias
+    views: tuple = ()  # forms (modules, functions, method names) whose result is a view of their input
     reason: str = ""  # refused: why, and what to do instead
 
 
@@ -87,6 +97,52 @@ def _conv_transpose_no_bias(mod, args, kwargs):
 
 def _linear_no_bias(mod, args, kwargs):
     return F.linear(args[0], mod.weight)
+
+
+def _numel(shape) -> int:
+    return math.prod(int(d) for d in shape[1:])
+
+
+def _conv_macs(mod, in_shape, out_shape):
+    return _numel(out_shape) * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+
+
+def _conv_transpose_macs(mod, in_shape, out_shape):
+    return _numel(in_shape) * (mod.out_channels // mod.groups) * math.prod(mod.kernel_size)
+
+
+def _linear_macs(mod, in_shape, out_shape):
+    return _numel(out_shape) * mod.in_features
+
+
+def _elementwise_macs(mod, in_shape, out_shape):
+    return _numel(out_shape)  # batch norm on its own: one multiply per element
+
+
+def _conv_unit(mod, x):
+    return mod._conv_forward(x, torch.ones_like(mod.weight, dtype=x.dtype), None)
+
+
+def _conv_transpose_unit(mod, x):
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.ndim - 2]
+    return fn(x, torch.ones_like(mod.weight, dtype=x.dtype), None, mod.stride, mod.padding, mod.output_padding,
+              mod.groups, mod.dilation)
+
+
+def _linear_unit(mod, x):
+    return F.linear(x, torch.ones_like(mod.weight, dtype=x.dtype))
+
+
+def _elementwise_unit(mod, x):
+    return x  # batch norm: one synapse per neuron
+
+
+def _weight_rows(mod):
+    return mod.weight
+
+
+def _transposed_rows(mod):
+    return mod.weight.transpose(0, 1)  # stored [in, out / groups, ...]: per output channel, all its weights
 
 
 def _bn_scale(mod):
@@ -335,63 +391,64 @@ def _getitem_check(gm, node):
 # ---------------------------------------------------------------------------------------------
 
 
-def activation_cap(gm, node) -> tuple[float | None, str | None]:
-    """(cap, None) for ReLU-like nodes (cap None: plain ReLU), or (None, reason) when the node is an
-    activation form with other parameters (e.g. hardtanh(-1, 1))."""
+def _relu_layer(gm, node):
+    from .activation import SpikeActivation  # the layer module needs the neuron; ops stays importable alone
+
+    return SpikeActivation(None)
+
+
+def _clip_bounds(gm, node) -> tuple:
+    """(lower, upper) of a clipped form (upper None: unbounded)."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        if isinstance(mod, (nn.ReLU, nn.LeakyReLU, nn.PReLU)):  # a leaky one's slope: activation_slope
-            return None, None
-        lo, hi = float(mod.min_val), float(mod.max_val)
-    elif node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_, F.relu_):
-        return None, None
-    elif node.op == "call_function" and node.target is F.relu6:
-        return 6.0, None
-    elif node.op == "call_function" and node.target in (F.leaky_relu, F.leaky_relu_, F.prelu):
-        return None, None
-    elif node.op == "call_method" and node.target in ("relu", "relu_"):
-        return None, None
-    elif node.op == "call_function" and node.target in (F.hardtanh, F.hardtanh_):
-        lo = _arg(node.args, node.kwargs, 1, "min_val", -1.0)
-        hi = _arg(node.args, node.kwargs, 2, "max_val", 1.0)
-    elif node.target in (torch.clamp, torch.clip, "clamp", "clip", "clamp_", "clip_"):
-        lo = _arg(node.args, node.kwargs, 1, "min", None)
-        hi = _arg(node.args, node.kwargs, 2, "max", None)
-    elif node.target in (torch.clamp_min, "clamp_min", "clamp_min_"):
-        lo, hi = _arg(node.args, node.kwargs, 1, "min", None), None
-    else:
-        return None, "not an activation"
+        return float(mod.min_val), float(mod.max_val)
+    if node.op == "call_function" and node.target is F.relu6:
+        return 0.0, 6.0
+    if node.op == "call_function" and node.target in (F.hardtanh, F.hardtanh_):
+        return (_arg(node.args, node.kwargs, 1, "min_val", -1.0), _arg(node.args, node.kwargs, 2, "max_val", 1.0))
+    if node.target in (torch.clamp_min, "clamp_min", "clamp_min_"):
+        return _arg(node.args, node.kwargs, 1, "min", None), None
+    return _arg(node.args, node.kwargs, 1, "min", None), _arg(node.args, node.kwargs, 2, "max", None)  # clamp, clip
+
+
+def _clip_check(gm, node):
+    lo, hi = _clip_bounds(gm, node)
     ok_lo = is_number(lo) and float(lo) == 0.0
     ok_hi = hi is None or (is_number(hi) and float(hi) > 0)
     if not (ok_lo and ok_hi):
-        return None, (f"a clip to [{lo}, {hi}] is not a ReLU (lower bound 0) or a clipped ReLU (upper bound > 0); "
-                      "only those have an exact spiking form")
-    return (None if hi is None else float(hi)), None
+        return (f"a clip to [{lo}, {hi}] is not a ReLU (lower bound 0) or a clipped ReLU (upper bound > 0); "
+                "only those have an exact spiking form")
+    return None
 
 
-def _activation_check(gm, node):
-    return activation_cap(gm, node)[1]
+def _clip_layer(gm, node):
+    from .activation import SpikeActivation
+
+    hi = _clip_bounds(gm, node)[1]
+    return SpikeActivation(None if hi is None else float(hi))
 
 
-def activation_slope(gm, node):
-    """The negative slope of a leaky activation: a float (LeakyReLU), a per-channel tensor (PReLU),
-    or None for ReLU-like nodes."""
+def leaky_slope(gm, node):
+    """The negative slope of a leaky activation: a float (LeakyReLU), a per-channel tensor (PReLU)."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         if isinstance(mod, nn.LeakyReLU):
             return float(mod.negative_slope)
-        if isinstance(mod, nn.PReLU):
-            w = mod.weight.detach()
-            return float(w) if w.numel() == 1 else w.clone()
-        return None
-    if node.op == "call_function" and node.target in (F.leaky_relu, F.leaky_relu_):
+        w = mod.weight.detach()  # nn.PReLU
+        return float(w) if w.numel() == 1 else w.clone()
+    if node.target in (F.leaky_relu, F.leaky_relu_):
         return float(_arg(node.args, node.kwargs, 1, "negative_slope", 0.01))
-    if node.op == "call_function" and node.target is F.prelu:
-        w = _arg(node.args, node.kwargs, 1, "weight")
-        if isinstance(w, fx.Node) and w.op == "get_attr":
-            t = functools.reduce(getattr, w.target.split("."), gm).detach()
-            return float(t) if t.numel() == 1 else t.clone()
+    w = _arg(node.args, node.kwargs, 1, "weight")  # F.prelu
+    if isinstance(w, fx.Node) and w.op == "get_attr":
+        t = functools.reduce(getattr, w.target.split("."), gm).detach()
+        return float(t) if t.numel() == 1 else t.clone()
     return None
+
+
+def _leaky_layer(gm, node):
+    from .activation import SpikeActivation
+
+    return SpikeActivation(None, negative_slope=leaky_slope(gm, node))
 
 
 def _leaky_check(gm, node):
@@ -399,7 +456,7 @@ def _leaky_check(gm, node):
         w = _arg(node.args, node.kwargs, 1, "weight")
         if not (isinstance(w, fx.Node) and w.op == "get_attr"):
             return "F.prelu with a weight computed in forward() is not supported (use nn.PReLU)"
-    slope = activation_slope(gm, node)
+    slope = leaky_slope(gm, node)
     values = slope.flatten().tolist() if torch.is_tensor(slope) else [slope]
     if any(not (0.0 <= float(v) < 1.0) for v in values):
         return (f"a negative slope outside [0, 1) ({min(values):g}..{max(values):g}) is not a leaky ReLU; the "
@@ -416,20 +473,23 @@ _CURVED = ("a curved activation has no exact spiking form: replace it with ReLU 
 
 TABLE: list[OpKind] = [
     OpKind("ReLU", ACTIVATION, (nn.ReLU,), (F.relu, torch.relu, F.relu_, torch.relu_), ("relu", "relu_"),
-           "`nn.ReLU`, `F.relu`, `torch.relu`, `x.relu()`, in-place forms"),
+           "`nn.ReLU`, `F.relu`, `torch.relu`, `x.relu()`, in-place forms", layer=_relu_layer),
     OpKind("clipped ReLU", ACTIVATION, (nn.ReLU6, nn.Hardtanh), (F.relu6, F.hardtanh, F.hardtanh_, torch.clamp,
            torch.clip, torch.clamp_min), ("clamp", "clip", "clamp_", "clip_", "clamp_min", "clamp_min_"),
            "`nn.ReLU6`, `F.relu6`, `Hardtanh(0, c)`, `torch.clamp(x, 0, c)`, `x.clamp(min=0)`, `clamp_min(0)`",
-           check=_activation_check),
+           check=_clip_check, layer=_clip_layer),
     OpKind("convolution", LINEAR, (nn.Conv1d, nn.Conv2d, nn.Conv3d), (), (), "`nn.Conv1d/2d/3d` (any groups, "
-           "stride, padding, dilation)", weighted=True, linear_part=_conv_no_bias),
+           "stride, padding, dilation)", weighted=True, linear_part=_conv_no_bias, macs=_conv_macs, unit=_conv_unit,
+           rows=_weight_rows, folds_batchnorm=True),
     OpKind("transposed convolution", LINEAR, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), (), (),
-           "`nn.ConvTranspose1d/2d/3d`", weighted=True, linear_part=_conv_transpose_no_bias),
+           "`nn.ConvTranspose1d/2d/3d`", weighted=True, linear_part=_conv_transpose_no_bias,
+           macs=_conv_transpose_macs, unit=_conv_transpose_unit, rows=_transposed_rows),
     OpKind("fully connected", LINEAR, (nn.Linear,), (), (), "`nn.Linear`", weighted=True,
-           linear_part=_linear_no_bias),
+           linear_part=_linear_no_bias, macs=_linear_macs, unit=_linear_unit, rows=_weight_rows, folds_batchnorm=True),
     OpKind("batch norm", LINEAR, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), (), (),
            "`nn.BatchNorm1d/2d/3d` with running statistics: folded into the conv/linear before it, "
-           "anywhere else a per-channel affine map", weighted=True, linear_part=_bn_no_shift, check=_bn_check),
+           "anywhere else a per-channel affine map", weighted=True, linear_part=_bn_no_shift, check=_bn_check,
+           macs=_elementwise_macs, unit=_elementwise_unit),
     OpKind("average pooling", LINEAR, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), (F.avg_pool1d, F.avg_pool2d,
            F.avg_pool3d), (), "`nn.AvgPool1d/2d/3d`, `F.avg_pool*` (sizes may be read from tensors)",
            averaging=True, structural=_avg_sum),
@@ -462,19 +522,26 @@ TABLE: list[OpKind] = [
            "`torch.cat`, `torch.concat`, `torch.stack`"),
     OpKind("indexing and slicing", REARRANGE, (), (operator.getitem, torch.narrow, torch.select), ("narrow", "select"),
            "`x[:, :c]`, `x[..., ::2, ::2]`, `x.narrow`, `torch.narrow`, `torch.select`, picking a part of "
-           "`chunk`/`split`", check=_getitem_check),
+           "`chunk`/`split`", check=_getitem_check,
+           views=(operator.getitem, torch.narrow, torch.select, "narrow", "select")),
     OpKind("splitting", REARRANGE, (), (torch.chunk, torch.split, torch.tensor_split, torch.unbind),
-           ("chunk", "split", "tensor_split", "unbind"), "`x.chunk(2, 1)`, `torch.split`, `unbind`"),
+           ("chunk", "split", "tensor_split", "unbind"), "`x.chunk(2, 1)`, `torch.split`, `unbind`",
+           views=(torch.chunk, torch.split, torch.tensor_split, torch.unbind, "chunk", "split", "tensor_split",
+                  "unbind")),
     OpKind("reshaping", REARRANGE, (nn.Flatten, nn.Unflatten), (torch.flatten, torch.reshape, torch.squeeze,
            torch.unsqueeze, torch.movedim), ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
            "view_as", "reshape_as", "movedim", "contiguous"), "`view`/`reshape`/`flatten` (shapes may be read from "
-           "tensors), `squeeze`/`unsqueeze`, `contiguous` (kept: a later `view` needs it), `nn.Flatten`/`nn.Unflatten`"),
+           "tensors), `squeeze`/`unsqueeze`, `contiguous` (kept: a later `view` needs it), `nn.Flatten`/`nn.Unflatten`",
+           views=(nn.Flatten, nn.Unflatten, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.movedim,
+                  "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "movedim",
+                  "contiguous")),
     OpKind("permuting", REARRANGE, (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle),
            (torch.transpose, torch.permute, torch.flip, torch.roll, F.pixel_shuffle, F.pixel_unshuffle,
             F.channel_shuffle, torch.t), ("transpose", "permute", "flip", "roll", "t", "expand", "expand_as",
                                           "repeat"),
            "`transpose`, `permute` (ShuffleNet's channel shuffle), `flip`, `roll`, `expand`, `repeat`, "
-           "`nn.ChannelShuffle`, pixel (un)shuffle"),
+           "`nn.ChannelShuffle`, pixel (un)shuffle",
+           views=(torch.transpose, torch.permute, torch.t, "transpose", "permute", "t", "expand", "expand_as")),
     OpKind("max pooling", MAXPOOL, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
            nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), (F.max_pool1d, F.max_pool2d, F.max_pool3d,
            F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d), (),
@@ -484,7 +551,7 @@ TABLE: list[OpKind] = [
            check=_maxpool_check),
     OpKind("identity in eval mode", IDENTITY, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
            nn.AlphaDropout), (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d), ("clone", "detach"),
-           "`nn.Dropout*`, `F.dropout*`, `nn.Identity`, `clone`, `detach`"),
+           "`nn.Dropout*`, `F.dropout*`, `nn.Identity`, `clone`, `detach`", views=(nn.Identity, nn.Dropout, "detach")),
     OpKind("shape", SHAPE, (), (getattr,), ("size", "dim"), "`x.size()`, `x.shape`, `x.dim()` and arithmetic on them"),
     OpKind("curved activation", REFUSED, (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish,
            nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.Tanhshrink),
@@ -492,7 +559,7 @@ TABLE: list[OpKind] = [
             F.selu, F.celu, F.softplus), ("sigmoid", "tanh", "sigmoid_", "tanh_"), reason=_CURVED),
     OpKind("leaky ReLU", ACTIVATION, (nn.LeakyReLU, nn.PReLU), (F.leaky_relu, F.leaky_relu_, F.prelu), (),
            "`nn.LeakyReLU`, `F.leaky_relu`, `nn.PReLU` (one or per-channel slopes in [0, 1)): two spiking "
-           "populations, ON for z > 0 and OFF for -slope*z", check=_leaky_check),
+           "populations, ON for z > 0 and OFF for -slope*z", check=_leaky_check, layer=_leaky_layer),
     OpKind("randomised leaky activation", REFUSED, (nn.RReLU,), (F.rrelu,), (),
            reason="RReLU has no exact spiking form as written (its slope is random in training); replace it with "
            "nn.LeakyReLU((lower + upper) / 2), what it computes in eval mode, then convert"),
@@ -567,26 +634,14 @@ def is_inplace(gm, node) -> bool:
     return False
 
 
-# ops that return a view of their first argument: writing into either writes into both
-VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose,
-                  torch.permute, torch.chunk, torch.split, torch.tensor_split, torch.unbind, torch.movedim, torch.t,
-                  torch.narrow, torch.select}
-VIEW_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "transpose", "permute", "chunk", "split",
-                "tensor_split", "unbind", "movedim", "t", "narrow", "select", "expand", "expand_as", "view_as",
-                "reshape_as", "unflatten", "detach", "contiguous"}
-
-
 def is_view(gm, node) -> bool:
-    if node.op == "call_function":
-        try:
-            return node.target in VIEW_FUNCTIONS
-        except TypeError:
-            return False
-    if node.op == "call_method":
-        return node.target in VIEW_METHODS
+    """Does ``node`` return a view of its first argument (writing into either writes into both)?"""
+    k = kind_of(gm, node)
+    if k is None or not k.views:
+        return False
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout))
-    return False
+        return type(gm.get_submodule(node.target)) in k.views
+    return node.target in k.views
 
 
 def callable_of(gm, node) -> Callable:
@@ -624,30 +679,32 @@ def structural(gm, node, args, kwargs):
     return call(*args, **kwargs)
 
 
+def _weighted_kind(mod: nn.Module) -> OpKind:
+    k = _BY_MODULE.get(type(mod))
+    if k is None or not k.weighted:
+        raise TypeError(f"{type(mod).__name__} is not a weighted op of the table")
+    return k
+
+
 def ones_weighted(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A weighted op with every weight 1 and no bias: its transpose applied to ones counts synapses."""
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return mod._conv_forward(x, torch.ones_like(mod.weight, dtype=x.dtype), None)
-    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.ndim - 2]
-        return fn(x, torch.ones_like(mod.weight, dtype=x.dtype), None, mod.stride, mod.padding, mod.output_padding,
-                  mod.groups, mod.dilation)
-    if isinstance(mod, nn.Linear):
-        return F.linear(x, torch.ones_like(mod.weight, dtype=x.dtype))
-    return x  # batch norm: one synapse per neuron
+    return _weighted_kind(mod).unit(mod, x)
 
 
 def macs(mod: nn.Module, in_shape, out_shape) -> int:
     """Multiply-accumulates per sample of one weighted op."""
-    out_numel = math.prod(int(d) for d in out_shape[1:])
-    in_numel = math.prod(int(d) for d in in_shape[1:])
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return out_numel * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return in_numel * (mod.out_channels // mod.groups) * math.prod(mod.kernel_size)
-    if isinstance(mod, nn.Linear):
-        return out_numel * mod.in_features
-    return out_numel  # batch norm on its own: one multiply per element
+    return _weighted_kind(mod).macs(mod, in_shape, out_shape)
+
+
+def weight_rows(mod: nn.Module) -> torch.Tensor:
+    """A weighted op's weights with the output channel first: a row holds every weight into one of
+    its output neurons (all of them, for a transposed convolution: a bound)."""
+    return _weighted_kind(mod).rows(mod)
+
+
+def folds_batchnorm(mod: nn.Module) -> bool:
+    k = _BY_MODULE.get(type(mod))
+    return k is not None and k.folds_batchnorm
 
 
 def averaging_divisors(gm, node, args, kwargs) -> torch.Tensor | None:

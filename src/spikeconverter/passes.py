@@ -195,8 +195,7 @@ def normalize(gm: fx.GraphModule) -> fx.GraphModule:
     acts = [n for n in graph.nodes if ops.role_of(gm, n) == ops.ACTIVATION and not n.meta.get("shape_value")]
     names = _layer_names(gm, acts)
     for node in acts:
-        cap, _ = ops.activation_cap(gm, node)
-        act = SpikeActivation(cap, negative_slope=ops.activation_slope(gm, node))
+        act = ops.kind_of(gm, node).layer(gm, node)  # the table's entry builds its spiking layer
         act.layer_name = names[node]
         name = _add_module(gm, "spike_act_", act)
         with graph.inserting_before(node):
@@ -265,7 +264,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
         if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
             continue  # a BN on its own stays: it is an affine op and regions handle it
         lin = gm.get_submodule(prev.target)
-        if not isinstance(lin, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if not ops.folds_batchnorm(lin):
             continue
         bn = gm.get_submodule(node.target)
         if bn.running_mean is None:
