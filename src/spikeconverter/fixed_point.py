@@ -98,6 +98,22 @@ def _check_region(gm: nn.Module, region, env) -> list:
     return weighted
 
 
+def _averaging_bits(gm, region, env) -> int:
+    """Bits an average in the region can add below its inputs' grid: log2 of its largest divisor
+    (a power of two, _problems checked), summed over the region's averaging nodes (averages in
+    series divide in turn)."""
+    bits = 0
+    for n in region.nodes:
+        if n.meta.get("shape_value"):
+            continue
+        args = fx.node.map_arg(n.args, lambda a: env[a])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+        d = ops.averaging_divisors(gm, n, args, kwargs)
+        if d is not None:
+            bits += int(math.log2(float(d.max())))
+    return bits
+
+
 def _sources_of(node, region) -> set:
     _, reached = ancestors(node, set(region.sources), within=set(region.nodes), signals_only=True)
     return reached
@@ -158,7 +174,7 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
             r = _row_abs_sum_max(mod)
             for s in srcs:
                 c, k = c + r * value_bound(s)[0], k + r * value_bound(s)[1]
-        e += 12  # averages divide by powers of two (up to 4096 elements)
+        e += _averaging_bits(gm, region, env)  # averages divide by powers of two: as many bits finer
         for w in weighted:
             mod = gm.get_submodule(w.target)
             if mod.bias is not None:
