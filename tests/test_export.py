@@ -97,3 +97,41 @@ def test_export_refusals(tmp_path):
         up = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.ConvTranspose2d(4, 2, 2, 2),
                                  torch.nn.ReLU()).double()
         sc.convert(up, calib, timesteps=3, fixed_point=True).export(tmp_path)
+
+
+class DarknetTiny(torch.nn.Module):
+    """YOLO-style conv + BN + LeakyReLU blocks with a residual sum and a concat (no chunk: the
+    executor does not split tensors yet)."""
+
+    def __init__(self):
+        super().__init__()
+        from test_leaky import cbl
+
+        self.stem, self.down = cbl(3, 8), cbl(8, 8, stride=2)
+        self.res = torch.nn.Sequential(cbl(8, 4), cbl(4, 8, slope=0.2))
+        self.side = cbl(8, 8)
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.down(self.stem(x))
+        x = x + self.res(x)
+        x = torch.cat([x, self.side(x)], 1)
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["darknet", "prelu"])
+@pytest.mark.parametrize("T", [3, 6])
+def test_executor_runs_leaky_layers_as_two_populations(name, T, tmp_path):
+    """Leaky ReLU / PReLU (one slope, per channel, functional): the executor's ON - OFF trains give
+    the fixed-point engine's logits and spike counts (both populations) bit for bit."""
+    from test_leaky import PReLUNet, build
+
+    model, side = (build(DarknetTiny), 16) if name == "darknet" else (build(PReLUNet), 8)
+    g = torch.Generator().manual_seed(T)
+    snn = sc.convert(model, torch.randn(32, 3, side, side, generator=g, dtype=torch.float64), timesteps=T,
+                     fixed_point=True)
+    x = torch.randn(4, 3, side, side, generator=g, dtype=torch.float64) * 2
+    d = check(snn, x, tmp_path)
+    doc = json.loads((d / "bundle.json").read_text())
+    assert all(rec.get("slope") for rec in doc["layers"].values())
+    assert bool((snn.twin_trains(x)[1][snn.layers[0].name] < 0).any()), "the OFF population fired"

@@ -134,10 +134,31 @@ def test_the_two_populations_never_fire_for_the_same_neuron(phi):
     assert bool(off.any()) and bool(on.any())
 
 
-@pytest.mark.parametrize("kw,what", [(dict(method="rate"), "rate baseline"), (dict(fixed_point=True), "fixed_point")])
-def test_leaky_is_refused_where_not_modelled(kw, what):
-    with pytest.raises(ValueError, match=what):
-        sc.convert(build(CSPNet), torch.randn(8, 3, 12, 12, dtype=torch.float64), timesteps=4, **kw)
+def test_leaky_is_refused_by_the_rate_baseline():
+    with pytest.raises(ValueError, match="rate baseline"):
+        sc.convert(build(CSPNet), torch.randn(8, 3, 12, 12, dtype=torch.float64), timesteps=4, method="rate")
+
+
+@pytest.mark.parametrize("cls,side", [(CSPNet, 16), (PReLUNet, 8)])
+@pytest.mark.parametrize("T", [3, 6])
+def test_leaky_in_fixed_point_is_bit_exact(cls, side, T):
+    """Slopes rounded to a dyadic grid: the OFF population's -slope * z is exact, so simulator and
+    twin agree bit for bit in both populations of every layer."""
+    from test_fixed_point import assert_bit_exact
+
+    g = torch.Generator().manual_seed(T)
+    model = build(cls)
+    snn = sc.convert(model, torch.randn(32, 3, side, side, generator=g, dtype=torch.float64), timesteps=T,
+                     fixed_point=True)
+    for m in snn.gm.modules():
+        if isinstance(m, sc.graph.SpikeActivation) and m.leaky:  # 12 significant bits on one grid per layer
+            s = m.negative_slope if torch.is_tensor(m.negative_slope) else torch.tensor([m.negative_slope])
+            assert bool((s > 0).all()) and bool((s < 1).all())
+            f = 11 - int(torch.floor(torch.log2(s.double().abs().max())))
+            assert torch.equal(s.double() * 2.0**f, torch.round(s.double() * 2.0**f))
+    x = torch.randn(4, 3, side, side, generator=g, dtype=torch.float64) * 2
+    assert_bit_exact(snn, x)
+    assert bool((snn.twin_trains(x)[1][snn.layers[0].name] < 0).any()), "the OFF population fired"
 
 
 def test_max_pool_after_leaky_is_refused_by_name():

@@ -8,7 +8,8 @@ Products add exponents, sums align them (a shift), so all arithmetic is exact; i
 two-phase SNN: each spiking layer (in graph order) accumulates its input current for as many steps
 as its longest input train (V <- beta V + I(t); trains start together, most significant digit
 first), then generates its own T spikes (V <- beta V; spike where V >= theta; V -= theta); T may
-differ per layer. Because each layer takes all of its inputs before it generates, running the layers
+differ per layer. A leaky layer has a second, OFF population coding -slope * z; its train is
+ON - OFF. Because each layer takes all of its inputs before it generates, running the layers
 one after another gives the values the pipelined schedule gives (bundle.json's ``schedule`` has each
 layer's accumulate and generate steps for hardware that pipelines them). Max-pools act on the trains'
 MSB-first words, step by step. Logits and per-layer spike counts equal the fixed-point engine's bit
@@ -317,7 +318,10 @@ class Bundle:
                     logits = v.float()
                     continue
                 trains[name] = generate(v, self.dy(f"{name}.theta"), T, b2)
-                counts[layer["layer_name"]] = trains[name].reshape(T, B, -1).sum((0, 2))
+                if "slope" in layer:  # leaky: ON - OFF (they never both fire: spikes = |ON - OFF|)
+                    trains[name] = trains[name] - generate(self._off_start(name, layer, v, T, b2),
+                                                           self.dy(f"{name}.theta"), T, b2)
+                counts[layer["layer_name"]] = np.abs(trains[name]).reshape(T, B, -1).sum((0, 2))
         return logits, counts
 
     def _code_input(self, name: str, layer: dict, xin: Dy, T: int, b2: bool) -> np.ndarray:
@@ -326,6 +330,16 @@ class Bundle:
         v = add(xin, self.dy(f"{name}.shift")) if "shift" in layer else xin
         off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
         return generate(add(v, off), th, T, b2) - generate(add(Dy(-v.a, v.e), off), th, T, b2)
+
+    def _off_start(self, name: str, layer: dict, v: Dy, T: int, b2: bool) -> Dy:
+        """A leaky layer's OFF population starts its generate phase at -slope * (v - offset) + offset:
+        it codes -slope * z with the layer's threshold (its input weights are -slope times the ON's)."""
+        th = self.dy(f"{name}.theta")
+        off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
+        z, s = add(v, off, -1), self.dy(f"{name}.slope")
+        if z.a.size and s.a.size and int(np.abs(z.a).max()) * int(np.abs(s.a).max()) >= LIMIT:
+            raise OverflowError("a potential leaves int64's range: use fewer time steps")
+        return add(Dy(-(z.a * s.a), z.e + s.e), off)
 
     def _pool_trains(self, reg: dict, trains: dict) -> np.ndarray:
         """A max-pool over one layer's trains, on the words of the digits so far (engine.py)."""

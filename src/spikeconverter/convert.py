@@ -384,16 +384,13 @@ def _check_batch_axis(model: nn.Module, x: torch.Tensor | None) -> None:
                          "a batch of a few hundred")
 
 
-def _check_leaky(plan: GraphPlan, method: str, fixed_point: bool) -> None:
-    """Leaky ReLU layers (two spike populations) run in the two-phase engines and the fast path;
-    the rate baseline and fixed point do not model them yet."""
+def _check_leaky(plan: GraphPlan, method: str) -> None:
+    """Leaky ReLU layers (two spike populations) run in the two-phase engines, the fast path and
+    fixed point; the rate baseline does not model them."""
     leaky = [plan.layer_name(a) for a in plan.spikers if plan.gm.get_submodule(a.target).leaky]
     if leaky and method == "rate":
         raise ValueError(f"the rate baseline has no two-population neuron for leaky ReLU layers ({leaky[0]}, ...); "
                          "use method='spikeconverter'")
-    if leaky and fixed_point:
-        raise ValueError(f"fixed_point does not yet handle leaky ReLU layers ({leaky[0]}, ...): their OFF population "
-                         "scales by the slope, which its grid does not model; convert without fixed_point")
 
 
 class _Peek:
@@ -826,7 +823,7 @@ def _convert_from(model, calibration, timesteps, *, beta, threshold, method, phi
     # shapes is traced on the first calibration batch, specialised to its shape)
     plan = prepare(model, input_coding, peek.example)
     calibration = peek.calibration
-    _check_leaky(plan, method, fixed_point)
+    _check_leaky(plan, method)
     per_layer = layer_timesteps(plan, timesteps)
     mods = {a: plan.gm.get_submodule(a.target) for a in plan.spikers}
     if staged:

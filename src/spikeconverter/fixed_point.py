@@ -9,6 +9,8 @@ function a little, identically for both engines):
 
 - weights: 12 significant bits per tensor (a per-tensor power-of-two scale),
 - thresholds: 12 significant bits (per channel: one grid per layer, 16 bits for the largest),
+- leaky slopes: 12 significant bits (per channel: one grid per layer), so the OFF population's
+  potential -slope * z sits on a grid as well (its own, finer by the slope's bits),
 - biases: to the grid 2^-E,
 - the analog input: to the grid 2^-INPUT_BITS.
 
@@ -31,6 +33,7 @@ from .plan import GraphPlan, ancestors, node_values
 
 WEIGHT_BITS = 12
 THETA_BITS = 12
+SLOPE_BITS = 12
 INPUT_BITS = 12  # fractional bits of the analog input grid
 EXACT_LIMIT = 2.0**53  # integers below 2^53 are exact in float64
 
@@ -135,6 +138,7 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
     env = node_values(gm, torch.zeros((1,) + tuple(input_shape), dtype=torch.float64, device=dev))
     spikers = plan.spikers
     grid = {}  # source -> fractional bits of the values it sends
+    slope_bits = {}  # leaky layer -> fractional bits of its slope
     for a in spikers:
         m = gm.get_submodule(a.target)
         if float(m.beta) not in (1.0, 2.0):
@@ -146,6 +150,8 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
             t, f = round_significant(torch.tensor([m.theta], dtype=torch.float64), THETA_BITS)
             m.theta = float(t)
         grid[a] = f + m.timesteps + 1  # code step theta 2^-T, and the offset phi theta 2^-T (phi = 1/2)
+        if m.leaky:
+            slope_bits[a] = _round_slope(m)
     grid[plan.input] = INPUT_BITS
     for p in gm.graph.nodes:
         if p in plan.pools:
@@ -188,7 +194,19 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
                 act.shift = torch.round(act.shift.double() * 2.0**e).div(2.0**e).to(act.shift.dtype)
                 c += float(act.shift.abs().max())
         bounds.append((e, c, k))
+        if sink in slope_bits:  # the OFF potential -slope (v - offset) + offset: |slope| < 1, a finer grid
+            bounds.append((e + slope_bits[sink], c, k))
     return bounds
+
+
+def _round_slope(act) -> int:
+    """Round a leaky layer's slope (a float, or per channel) to SLOPE_BITS significant bits on one
+    grid 2^-F; returns F. Every slope is in [0, 1)."""
+    s = act.negative_slope
+    t = s.double() if torch.is_tensor(s) else torch.tensor([s], dtype=torch.float64)
+    t, f = round_significant(t, SLOPE_BITS)
+    act.negative_slope = t.to(s.dtype) if torch.is_tensor(s) else float(t[0])
+    return f
 
 
 def round_input(x: torch.Tensor) -> torch.Tensor:
