@@ -242,6 +242,7 @@ def test_convert_auto_records_its_search_and_judges_on_training_images_only():
     snn = sc.convert(model, calib, timesteps="auto", max_loss=1.0, selection=(x, y))
     rec = snn.calibration["timesteps_search"]
     assert rec["judged_on"] == "held-out training images" and rec["images"] == len(x)
+    assert rec["loss_se_pp"] >= 0 and rec["loss_se_pp_converted"] >= 0
     assert rec["timesteps"] == snn.timesteps_per_layer and rec["latency"] == snn.latency_steps
     # of the searched network and the one recalibrated for the allocation, the better one is kept
     with torch.no_grad():
@@ -269,6 +270,31 @@ def test_cli_T_takes_integers_per_layer_and_auto():
         assert p.parse_args([cmd, "-T", "auto", "--latency", "60", "--out", "x"]).latency == 60
     with pytest.raises(Exception, match="integers per layer"):
         p.parse_args(["evaluate", "-T", "4,x"])
+    assert p.parse_args(["evaluate", "-T", "auto", "--max-loss", "0.5", "--selection", "2048"]).selection == 2048
+
+
+
+def test_cli_selection_is_for_auto_only(capsys):
+    from spikeconverter import cli
+
+    assert cli.main(["evaluate", "-T", "4", "--selection", "2048"]) == 2
+    assert "is for -T auto" in capsys.readouterr().err
+
+
+def test_the_judged_loss_comes_with_its_paired_standard_error():
+    from spikeconverter.allocate import paired_loss
+
+    labels = torch.arange(100) % 10
+    ann = torch.nn.functional.one_hot(labels, 10).double()
+    snn = ann.clone()
+    snn[:4] = torch.nn.functional.one_hot((labels[:4] + 1) % 10, 10).double()  # 4 right answers lost
+    snn[4:5] = torch.nn.functional.one_hot(labels[4:5], 10).double()  # unchanged
+    loss, se = paired_loss(ann, snn, labels)
+    assert loss == pytest.approx(4.0)
+    assert se == pytest.approx(100 * (0.04 * 0.96 * 100 / 99) ** 0.5 / 10)
+    ann[10] = torch.nn.functional.one_hot((labels[10] + 1) % 10, 10).double()  # the ANN wrong, the SNN right
+    loss, se2 = paired_loss(ann, snn, labels)
+    assert loss == pytest.approx(3.0) and se2 > se  # flips either way add to the error
 
 
 def test_cli_finetune_takes_T_per_layer_not_auto():
@@ -322,7 +348,9 @@ def test_evaluate_report_shows_the_per_layer_T_and_how_they_were_chosen():
              energy_ratio=1.0, energy_convention="e",
              timesteps_search=dict(budget={"max_loss_pp": 0.5}, images=1024, judged_on="held-out training images",
                                    loss_pp=0.4, loss_pp_converted=0.6, network="calibrated for the allocation",
+                                   loss_se_pp=0.21, loss_se_pp_converted=0.23,
                                    evaluations=12, seconds=30.0))
     text = format_evaluate(r)
     assert "per layer, 3-4: a=4 b=3" in text and "11 steps end to end (longest path" in text
-    assert "within 0.5 pp, on 1024 held-out training images" in text and "test loss is usually higher" in text
+    assert "within 0.5 pp, on 1024 held-out training images" in text
+    assert "loss +0.40 +- 0.21 pp as searched, +0.60 +- 0.23 pp recalibrated" in text

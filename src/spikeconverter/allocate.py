@@ -27,6 +27,7 @@ losses are reported.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -46,11 +47,22 @@ class Search:
     timesteps: dict[str, int]
     latency: int
     loss_pp: float  # ANN accuracy minus the search's estimate of the SNN's, on the selection images
+    loss_se_pp: float = 0.0  # its standard error (paired: per image, ANN right minus SNN right)
     steps: list[dict] = field(default_factory=list)  # the descent: latency, loss, divergence per step
     evaluations: int = 0
     seconds: float = 0.0
     images: int = 0
     budget: dict = field(default_factory=dict)
+
+
+def paired_loss(ann: torch.Tensor, snn: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(loss, standard error) in pp of the SNN's accuracy below the ANN's on the same images: the
+    mean and standard error of d = [ANN right] - [SNN right] per image. Most images agree (d = 0),
+    so the error is set by the images whose answer flips: about sqrt(flips) / n."""
+    d = (ann.argmax(1) == labels).double() - (snn.argmax(1) == labels).double()
+    n = d.numel()
+    se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("inf")
+    return 100.0 * float(d.mean()), 100.0 * se
 
 
 class _Judge:
@@ -76,6 +88,10 @@ class _Judge:
     def loss(self, net) -> float:
         self.count += 1
         return self.ann_acc - self._acc(self._logits(net, self.images))
+
+    def standard_error(self, net) -> float:
+        """Standard error (pp) of ``loss(net)`` as an estimate of the loss on unseen images."""
+        return paired_loss(self.ann, self._logits(net, self.images), self.labels)[1]
 
     def divergence(self, net) -> float:
         self.count += 1
@@ -205,7 +221,7 @@ def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Ten
     work = allocs.apply(alloc)  # the chosen allocation (the last move tried may have been refused)
     for info, m in zip(work.layers, allocs.mods):  # the layer records follow the thresholds put in
         info.theta = m.theta
-    search = Search(allocs.named(alloc), cur["latency"], cur["loss_pp"], steps, judge.count,
+    search = Search(allocs.named(alloc), cur["latency"], cur["loss_pp"], judge.standard_error(work), steps, judge.count,
                     round(time.time() - t0, 1), len(images),
                     {"max_loss_pp": max_loss} if max_loss is not None else {"latency_steps": latency})
     search.network = work  # the allocation with the uniform conversions' thresholds (what was judged)

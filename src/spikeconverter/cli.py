@@ -67,6 +67,9 @@ def _budgets(p) -> None:
                    help="with -T auto: the shortest latency within PP points of the float ANN's accuracy")
     p.add_argument("--latency", type=_positive("--latency"), default=None, metavar="STEPS",
                    help="with -T auto: the best accuracy within STEPS end-to-end steps")
+    p.add_argument("--selection", type=_positive("--selection"), default=None, metavar="N",
+                   help="with -T auto: held-out training images the budget is judged on (default 4096; the "
+                        "judged loss's standard error shrinks as 1/sqrt(N), the search's time grows as N)")
 
 
 def _T_text(T) -> str:
@@ -92,7 +95,7 @@ def _evaluate(args) -> int:
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
                  precision=args.precision, energy_model=args.energy_model, data_free=args.data_free,
-                 max_loss=args.max_loss, latency=args.latency, **_calibration(args))
+                 max_loss=args.max_loss, latency=args.latency, selection_images=args.selection, **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
@@ -178,10 +181,11 @@ def _converted(args, net, calib, **kw):
         kw.update(max_loss=args.max_loss, latency=args.latency)
         if not isinstance(calib, str):
             info = load_model(args.model, args.dataset, args.checkpoint)[1]
-            kw["selection"] = held_out_training(args.dataset, SELECTION_IMAGES, args.calibration, args.data,
+            kw["selection"] = held_out_training(args.dataset, args.selection or SELECTION_IMAGES, args.calibration,
+                                                args.data,
                                                 download=args.download, **sized_kwargs(args.dataset, info))
-    elif args.max_loss is not None or args.latency is not None:
-        raise ValueError("--max-loss / --latency are budgets for -T auto")
+    elif args.max_loss is not None or args.latency is not None or args.selection is not None:
+        raise ValueError("--max-loss / --latency / --selection are for -T auto")
     if isinstance(calib, str):  # --data-free (show has no such option)
         kw["data_free_method"] = getattr(args, "data_free", None)
     return convert(net, calib, timesteps=args.T, beta=_beta(args.beta), progress=not args.quiet, **options, **kw)

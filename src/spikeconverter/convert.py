@@ -870,7 +870,7 @@ def _convert_auto(model, calibration, data_free, max_loss, latency, selection, p
     """timesteps="auto": choose T per layer (allocate.py), then convert with that choice."""
     from dataclasses import asdict
 
-    from .allocate import choose_timesteps
+    from .allocate import choose_timesteps, paired_loss
 
     if not torch.is_tensor(calibration):  # the search converts several times: the batches are kept
         calibration = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in calibration])
@@ -890,14 +890,15 @@ def _convert_auto(model, calibration, data_free, max_loss, latency, selection, p
     record = asdict(search)
     record["judged_on"] = judged_on
 
-    def loss(net) -> float:
+    def loss(net) -> tuple[float, float]:
         with torch.no_grad():
             x = images.to(_dtype(net.gm))
             out = torch.cat([net(x[i : i + 256]) for i in range(0, len(x), 256)])
             ann = torch.cat([model(images[i : i + 256]) for i in range(0, len(images), 256)])
-        return 100.0 * float((ann.argmax(1) == labels).double().mean() - (out.argmax(1) == labels).double().mean())
+        return paired_loss(ann, out, labels)
 
-    record["loss_pp_converted"] = loss(snn)  # the chosen T, calibrated with mixed T
+    # the chosen T, calibrated with mixed T
+    record["loss_pp_converted"], record["loss_se_pp_converted"] = loss(snn)
     # both are exact spiking networks: keep the one that does better on the selection images (fixed
     # point needs the rounded conversion)
     record["network"] = "calibrated for the allocation"

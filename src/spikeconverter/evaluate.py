@@ -124,7 +124,10 @@ def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, downlo
     return torch.cat([x for x, _ in batches_of(train, 512)])
 
 
-SELECTION_IMAGES = 1024  # held-out training images that judge a per-layer T search (-T auto)
+# held-out training images that judge a per-layer T search (-T auto). The judged loss is an estimate
+# whose standard error is about sqrt(flipped answers) / n: on ResNet-20 at T = 4, 1,024 images judged
+# 0.10 pp where 4,096 judged 0.81 and the 10,000 test images 0.76 (docs/results.md, Latency)
+SELECTION_IMAGES = 4096
 
 
 def held_out_training(dataset: str, n: int, skip: int, data_root=None, seed: int = 0, download: bool = False,
@@ -219,13 +222,14 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
              download: bool = False, per_channel=None, sequential=None, bias_correction=None,
              snn: str | None = None, device: str | None = None, precision: str | None = None,
              energy_model: str = "default", data_free: bool | str = False, max_loss: float | None = None,
-             latency: int | None = None) -> dict:
+             latency: int | None = None, selection_images: int | None = None) -> dict:
     """Convert ``model`` and measure ANN and SNN accuracy, latency, spikes, SOPs, MACs and energy.
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
     ``timesteps``: T (default 8; with ``snn``, the file's); per layer, a list in layer order or a
     dict {layer name: T}; or "auto" with ``max_loss`` (pp) or ``latency`` (steps): T per layer
-    chosen on SELECTION_IMAGES held-out training images (allocate.py), never on test images.
+    chosen on ``selection_images`` (default SELECTION_IMAGES) held-out training images
+    (allocate.py), never on test images.
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
     ``data_free``: no calibration image: True or "synthesised", 128 inputs synthesised from the
     model's batch-norm statistics (datafree.py; ``calibration`` is then unused); "bn-statistics",
@@ -256,6 +260,8 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     timesteps = 8 if timesteps is None else timesteps
     auto = timesteps == "auto"
     _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration)
+    if selection_images is not None and not auto:
+        raise ValueError("selection_images (--selection) is for -T auto")
     options = calibration_options(method, per_channel, sequential, bias_correction)
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
@@ -268,7 +274,8 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     budget = {}
     if auto:
         budget = dict(max_loss=max_loss, latency=latency, selection=None if data_free else held_out_training(
-            dataset, SELECTION_IMAGES, calibration, data_root, seed, download=download, **sized_kwargs(dataset, info)))
+            dataset, selection_images or SELECTION_IMAGES, calibration, data_root, seed, download=download,
+            **sized_kwargs(dataset, info)))
     t0 = time.time()
     snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
         lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
@@ -464,12 +471,13 @@ def format_evaluate(r: dict) -> str:
         if search:
             budget = (f"within {search['budget']['max_loss_pp']} pp" if "max_loss_pp" in search["budget"]
                       else f"within {search['budget']['latency_steps']} steps")
+            se = (f" +- {search['loss_se_pp']:.2f}", f" +- {search['loss_se_pp_converted']:.2f}") \
+                if "loss_se_pp" in search else ("", "")
             rows += [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
-                                  f"{search['loss_pp']:+.2f} pp as searched, {search['loss_pp_converted']:+.2f} pp "
-                                  f"recalibrated for it; kept: {search.get('network', 'recalibrated')} "
-                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s); the ANN was "
-                                  "trained on these images, so the test loss is usually higher (docs/results.md, "
-                                  "Latency)")]
+                                  f"{search['loss_pp']:+.2f}{se[0]} pp as searched, {search['loss_pp_converted']:+.2f}"
+                                  f"{se[1]} pp recalibrated for it (+- one standard error: an estimate from these "
+                                  f"images); kept: {search.get('network', 'recalibrated')} "
+                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s)")]
         rows += [("latency", f"{r['latency_steps']} steps end to end (longest path, L = {r['spiking_depth']})"),
                  ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined: the longest T)")]
     else:
