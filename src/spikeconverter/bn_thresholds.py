@@ -89,17 +89,72 @@ def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
     where BN statistics determine it; layers missing from the dict have none. ``shapes`` (node ->
     output shape, batch first; plan.node_shapes) lets moments pass average pools, flatten and
     linear layers without BN (a classifier's hidden layers)."""
-    gm = plan.gm
-    shapes = shapes or {}
-    memo: dict = {}
+    walk = _Moments(plan.gm, shapes or {})
+    result = {}
+    for a in plan.activations:
+        if plan.gm.get_submodule(a.target).leaky:
+            continue  # two populations: not modelled here
+        mom = walk.of(a.args[0])
+        if mom is not None:
+            result[a] = mom
+    return result
 
-    def through(n, mod) -> tuple | None:
+
+class _Moments:
+    """(mean, variance) per channel of graph values, walked back from a node to BN statistics."""
+
+    def __init__(self, gm, shapes: dict):
+        self.gm, self.shapes, self.memo = gm, shapes, {}
+
+    def of(self, n) -> tuple | None:
+        if n not in self.memo:
+            self.memo[n] = self._of(n)
+        return self.memo[n]
+
+    def _of(self, n) -> tuple | None:
+        if not isinstance(n, fx.Node):
+            return None
+        out = self._module(n) if n.op == "call_module" else None
+        if out is None and (window := _max_pool_window(self.gm, n)) and isinstance(n.args[0], fx.Node) and \
+                n.args[0].op == "call_module":
+            act = self.gm.get_submodule(n.args[0].target)  # a max-pool of a spiking layer's output
+            if isinstance(act, SpikeActivation) and act.code.populations == 1:
+                inner = self.of(n.args[0].args[0])
+                return None if inner is None else _moments_of_activation(*inner, act.cap, window)
+        elif n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add, operator.sub,
+                                                      torch.sub) and len(n.args) == 2 and not n.kwargs:
+            return self._sum(n)
+        return out
+
+    def _module(self, n) -> tuple | None:
+        mod = self.gm.get_submodule(n.target)
+        if getattr(mod, "bn_moments", None) is not None:  # a conv/linear with its BN folded in
+            mean, sd = mod.bn_moments
+            return mean.double(), sd.double() ** 2
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.affine:  # a BN on its own
+            return mod.bias.detach().double(), mod.weight.detach().double() ** 2
+        if isinstance(mod, SpikeActivation) and mod.code.populations == 1:
+            inner = self.of(n.args[0])
+            return None if inner is None else _moments_of_activation(*inner, mod.cap)
+        if _max_pool_window(self.gm, n) is None:
+            return self._through(n, mod)
+        return None
+
+    def _sum(self, n) -> tuple | None:
+        """Independent summands: means add (or subtract), variances add."""
+        a, b = (self.of(x) if isinstance(x, fx.Node) else None for x in n.args)
+        if a is None or b is None or a[0].shape != b[0].shape:
+            return None
+        return (a[0] + b[0] if n.target in (operator.add, operator.iadd, torch.add) else a[0] - b[0]), a[1] + b[1]
+
+    def _through(self, n, mod) -> tuple | None:
         """Moments after a module without BN statistics of its own, from its input's."""
-        inner = moments(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+        inner = self.of(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
         if inner is None:
             return None
         mean, var = inner
-        if ops.role_of(gm, n) == ops.IDENTITY:  # dropout and the like in an evaluated network
+        shapes = self.shapes
+        if ops.role_of(self.gm, n) == ops.IDENTITY:  # dropout and the like in an evaluated network
             return inner
         if isinstance(mod, torch.nn.Flatten) and (shape := shapes.get(n.args[0])) is not None \
                 and mod.start_dim == 1 and mod.end_dim == -1 and len(shape) > 2 and mean.numel() == shape[1]:
@@ -113,48 +168,6 @@ def pre_activation_moments(plan, shapes: dict | None = None) -> dict:
             b = mod.bias.detach().double() if mod.bias is not None else 0.0
             return w @ mean + b, (w * w) @ var
         return None
-
-    def moments(n):
-        if n in memo:
-            return memo[n]
-        out = None
-        if isinstance(n, fx.Node) and n.op == "call_module":
-            mod = gm.get_submodule(n.target)
-            if getattr(mod, "bn_moments", None) is not None:  # a conv/linear with its BN folded in
-                mean, sd = mod.bn_moments
-                out = (mean.double(), sd.double() ** 2)
-            elif isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.affine:  # a BN on its own
-                out = (mod.bias.detach().double(), mod.weight.detach().double() ** 2)
-            elif isinstance(mod, SpikeActivation) and mod.code.populations == 1:
-                inner = moments(n.args[0])
-                out = None if inner is None else _moments_of_activation(*inner, mod.cap)
-            elif _max_pool_window(gm, n) is None:
-                out = through(n, mod)
-        if out is None and isinstance(n, fx.Node) and (window := _max_pool_window(gm, n)) and \
-                isinstance(n.args[0], fx.Node) and n.args[0].op == "call_module":
-            act = gm.get_submodule(n.args[0].target)  # a max-pool of a spiking layer's output
-            if isinstance(act, SpikeActivation) and act.code.populations == 1:
-                inner = moments(n.args[0].args[0])
-                out = None if inner is None else _moments_of_activation(*inner, act.cap, window)
-        elif isinstance(n, fx.Node) and n.op == "call_function" and n.target in (
-                operator.add, operator.iadd, torch.add, operator.sub, torch.sub) and len(n.args) == 2 \
-                and not n.kwargs:
-            a, b = (moments(x) if isinstance(x, fx.Node) else None for x in n.args)
-            if a is not None and b is not None and a[0].shape == b[0].shape:
-                out = (a[0] + b[0] if n.target in (operator.add, operator.iadd, torch.add) else a[0] - b[0],
-                       a[1] + b[1])
-        memo[n] = out
-        return out
-
-    result = {}
-    for a in plan.activations:
-        m = gm.get_submodule(a.target)
-        if m.leaky:
-            continue  # two populations: not modelled here
-        mom = moments(a.args[0])
-        if mom is not None:
-            result[a] = mom
-    return result
 
 
 GRID = 0.01  # mean/sd (absolute) and cap/sd (relative) are rounded to this before the search
