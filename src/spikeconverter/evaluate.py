@@ -227,15 +227,14 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     ``compile``: the fused exact quantizer kernel for the fast path (same results, faster).
     ``per_channel``, ``sequential``, ``bias_correction``: as in convert() (None: its defaults).
     ``timesteps``: T (default 8; with ``snn``, the file's); per layer, a list in layer order or a
-    dict {layer name: T}; or "auto" with ``max_loss`` (pp) or ``latency`` (steps): T per layer
-    chosen on ``selection_images`` (default SELECTION_IMAGES) held-out training images
-    (allocate.py), never on test images.
+    dict {layer name: T}; or "auto" with ``max_loss`` (pp) or ``latency`` (steps): T per layer chosen
+    on ``selection_images`` (default 4,096) held-out training images (allocate.py), never test images.
     ``device``: auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N, mps.
     ``data_free``: no calibration image: True or "synthesised", 128 inputs synthesised from the
     model's batch-norm statistics (datafree.py; ``calibration`` is then unused); "bn-statistics",
     thresholds from the statistics themselves (bn_thresholds.py).
-    ``energy_model``: "default" (energy.py's hardware cost model, beside the operation count),
-    "ops-only" (the 45 nm operation count alone), or a JSON/TOML file of energy.py parameters.
+    ``energy_model``: "default" (energy.py's hardware cost model, beside the 45 nm operation count),
+    "ops-only" (the count alone), or a JSON/TOML file of energy.py parameters.
     ``precision``: the arithmetic of conversion and measurement, float64 (the default; float32 on
     MPS, which has none) or float32 (~3x faster on a CPU). In float64 the fast path and the
     time-stepped simulation agree digit for digit (accuracy, spikes, SOPs) and the figures are the
@@ -259,9 +258,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
         return _with_energy(dict(out, precision=precision), net_file, params)
     timesteps = 8 if timesteps is None else timesteps
     auto = timesteps == "auto"
-    _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration)
-    if selection_images is not None and not auto:
-        raise ValueError("selection_images (--selection) is for -T auto")
+    _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration, selection_images)
     options = calibration_options(method, per_channel, sequential, bias_correction)
     if method == "rate" and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
@@ -273,9 +270,9 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
                                                            **sized_kwargs(dataset, info))
     budget = {}
     if auto:
-        budget = dict(max_loss=max_loss, latency=latency, selection=None if data_free else held_out_training(
-            dataset, selection_images or SELECTION_IMAGES, calibration, data_root, seed, download=download,
-            **sized_kwargs(dataset, info)))
+        selection = None if data_free else held_out_training(dataset, selection_images or SELECTION_IMAGES, calibration,
+                                                             data_root, seed, download=download, **sized_kwargs(dataset, info))
+        budget = dict(max_loss=max_loss, latency=latency, selection=selection)
     t0 = time.time()
     snn = distributed.shared_network(  # torchrun: converted once, on rank 0; the others load its file
         lambda: convert(net, calib, timesteps=timesteps, beta=beta, threshold=threshold, method=method, phi=phi,
@@ -292,9 +289,12 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     return _with_energy(out, snn, params)
 
 
-def _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration) -> None:
+def _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration,
+                         selection_images=None) -> None:
     """Bad input fails before any loading."""
     auto = timesteps == "auto"
+    if selection_images is not None and not auto:
+        raise ValueError("selection_images (--selection) is for -T auto")
     if not auto and (max_loss is not None or latency is not None):
         raise ValueError("--max-loss / --latency are budgets for -T auto")
     if auto and (max_loss is None) == (latency is None):
