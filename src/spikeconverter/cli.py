@@ -172,9 +172,10 @@ def _input_shape(args, info) -> tuple:
 def _converted(args, net, calib, **kw):
     """convert() with the command's T, beta and calibration options (the rate baseline takes none)."""
     from . import convert
+    from .methods import method_named
 
-    rate = kw.get("method") == "rate"
-    options = {} if rate else {k: v for k, v in _calibration(args).items() if v is not None}
+    scheme = method_named(kw.get("method", "spikeconverter"))
+    options = {k: v for k, v in _calibration(args).items() if v is not None} if scheme.calibration_options else {}
     if args.T == "auto":  # judged on held-out training images (none with --data-free)
         from .evaluate import SELECTION_IMAGES, held_out_training, load_model, sized_kwargs
 
@@ -221,7 +222,7 @@ def _convert(args) -> int:
                      **({"input_shape": _input_shape(args, info)} if data_free else {}))
     snn.save(args.out, extra=_source(args, info, 0 if data_free else len(calib)))
     print(f"wrote {args.out}: {args.model} ({args.method}, T = {_T_text(args.T)}"
-          + ("" if snn.method == "rate" or snn.uniform else f": {snn.timesteps_per_layer}")
+          + ("" if snn.uniform else f": {snn.timesteps_per_layer}")
           + f", {len(snn.layers)} spiking layers, latency "
           f"{snn.latency_steps} steps); measure it with: spikeconverter evaluate --snn {args.out}")
     return 0

@@ -29,11 +29,11 @@ from .calibrate import (
     parse_threshold,
 )
 from .engine import RateSimulator, SimulationResult, TwoPhaseSimulator
+from .methods import Method, method_named
 from .neuron import check_code_length, check_params
 from .passes import prepare
 from .plan import GraphPlan, analyze, check_pools, node_shapes, pools_mixing_channels
 
-METHODS = ("spikeconverter", "rate")
 # The two-phase method's post-training calibration by default (chosen by measurement:
 # benchmarks/calibration_ablation.py, docs/results.md). None in convert() means these.
 CALIBRATION_DEFAULTS = dict(per_channel=True, sequential=False, bias_correction=True)
@@ -68,7 +68,7 @@ class SpikingNetwork(nn.Module):
         self.input_coding = input_coding
         self.threshold = threshold
         self.exact_bounds = None  # set by fixed_point mode: inputs are rounded and range-checked
-        self._set_mode("quantize" if method == "spikeconverter" else "ann")
+        self._set_mode("quantize" if self.scheme.exact_twin else "ann")
         names = [layer.name for layer in layers]
         if len(set(names)) != len(names):  # every per-layer output is keyed by these names
             raise AssertionError(f"layer names repeat: {names}")
@@ -85,9 +85,14 @@ class SpikingNetwork(nn.Module):
 
     # -- introspection -------------------------------------------------------------------------
     def extra_repr(self) -> str:
-        T = self.timesteps if self.method == "rate" or self.uniform else f"per layer (<= {self.timesteps})"
+        T = self.timesteps if self.uniform else f"per layer (<= {self.timesteps})"
         return (f"method={self.method}, T={T}, layers={len(self.layers)}, "
                 f"spiking_depth={self.spiking_depth}, latency_steps={self.latency_steps}")
+
+    @property
+    def scheme(self) -> Method:
+        """The method's facts (methods.py): two-phase or the rate baseline."""
+        return method_named(self.method)
 
     @property
     def spiking_depth(self) -> int:
@@ -114,7 +119,7 @@ class SpikingNetwork(nn.Module):
     def latency_steps(self) -> int:
         """Steps until one input's logits are final: (L+1)*T two-phase with one T (per-layer T: the
         longest path through the schedule); T for the rate baseline."""
-        if self.method == "rate":
+        if not self.scheme.pipelined:
             return self.timesteps
         return self.schedule.latency
 
@@ -122,7 +127,7 @@ class SpikingNetwork(nn.Module):
     def steps_per_input(self) -> int:
         """Pipelined throughput: a new input every T steps (per-layer T: every max_l T_l steps; rate:
         every T steps, no pipelining)."""
-        if self.method == "rate":
+        if not self.scheme.pipelined:
             return self.timesteps
         return self.schedule.period
 
@@ -200,7 +205,7 @@ class SpikingNetwork(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._prepare_input(x)
-        if self.method == "rate":
+        if not self.scheme.exact_twin:  # no shortcut: the baseline's value is its simulation's
             return RateSimulator(self.plan).run(x, self.timesteps).logits
         return self.gm(x)
 
@@ -214,7 +219,7 @@ class SpikingNetwork(nn.Module):
         layers on one clock (True) or layer after layer with batched synapses (False); the same
         trains either way, the default is the faster on the input's device (engine.py)."""
         x = self._prepare_input(x)
-        if self.method == "rate":
+        if not self.scheme.pipelined:
             if stream:
                 raise ValueError("streaming applies to the two-phase pipeline, not the rate baseline")
             return RateSimulator(self.plan).run(x, self.timesteps, record=record, neuron_counts=neuron_counts)
@@ -253,8 +258,8 @@ class SpikingNetwork(nn.Module):
     def quantized_ann(self) -> nn.Module:
         """The original graph (BN folded) with q() in place of every spiking activation: the
         function the SNN computes, as an ordinary nn.Module."""
-        if self.method != "spikeconverter":
-            raise ValueError("the rate baseline has no exact quantized twin")
+        if not self.scheme.exact_twin:
+            raise ValueError(f"the {self.scheme.summary} has no exact quantized twin")
         gm = copy.deepcopy(self.gm)
         for m in gm.modules():
             if isinstance(m, SpikeActivation):
@@ -277,12 +282,11 @@ class SpikingNetwork(nn.Module):
 
 
 def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point=False):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    if fixed_point and method != "spikeconverter":
+    scheme = method_named(method)
+    if fixed_point and not scheme.fixed_point:
         raise ValueError("fixed_point applies to the two-phase method, not the rate baseline")
     if isinstance(timesteps, (dict, list, tuple)):  # per layer: each value checked, names after tracing
-        if method != "spikeconverter":
+        if not scheme.pipelined:
             raise ValueError("time steps per layer apply to the two-phase method; the rate baseline runs all "
                              "layers together for one T")
         values = list(timesteps.values() if isinstance(timesteps, dict) else timesteps)
@@ -292,25 +296,22 @@ def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_poi
         values = [timesteps]
     for T in values:
         check_params(None, 2.0 if beta == "search" else beta, T, phi)
-        if method == "spikeconverter":
+        if scheme.binary_code:
             check_code_length(T)
     if beta != "search" and not isinstance(beta, (int, float)):
         raise ValueError(f"beta must be a number in [1, 2] or 'search', got {beta!r}")
     if input_coding not in ("analog", "spike"):
         raise ValueError(f"input_coding must be 'analog' or 'spike', got {input_coding!r}")
-    if method == "rate":
-        if input_coding != "analog":
-            raise ValueError("the rate baseline takes analog input")
-        if threshold is not None and parse_threshold(threshold)[0] == "mse":
-            raise ValueError("the rate baseline sets thresholds by 'max' or 'percentile:P', not 'mse'")
-    elif threshold is not None:
-        parse_threshold(threshold)
+    if input_coding != "analog" and not scheme.spike_input:
+        raise ValueError("the rate baseline takes analog input")
+    if threshold is not None and parse_threshold(threshold)[0] == "mse" and not scheme.mse_threshold:
+        raise ValueError("the rate baseline sets thresholds by 'max' or 'percentile:P', not 'mse'")
 
 
 def calibration_options(method: str, per_channel=None, sequential=None, bias_correction=None) -> tuple:
     """(per_channel, sequential, bias_correction) with None replaced by the method's default."""
     given = dict(per_channel=per_channel, sequential=sequential, bias_correction=bias_correction)
-    if method != "spikeconverter":
+    if not method_named(method).calibration_options:
         if any(given.values()):
             raise ValueError("per_channel, sequential and bias_correction apply to the two-phase method, "
                              "not the rate baseline")
@@ -388,7 +389,7 @@ def _check_leaky(plan: GraphPlan, method: str) -> None:
     """Leaky ReLU layers (two spike populations) run in the two-phase engines, the fast path and
     fixed point; the rate baseline does not model them."""
     leaky = [plan.layer_name(a) for a in plan.spikers if plan.gm.get_submodule(a.target).leaky]
-    if leaky and method == "rate":
+    if leaky and not method_named(method).leaky:
         raise ValueError(f"the rate baseline has no two-population neuron for leaky ReLU layers ({leaky[0]}, ...); "
                          "use method='spikeconverter'")
 
@@ -515,11 +516,13 @@ def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi
     """Per spiking layer (theta, beta, calibration error): per layer for the rate baseline; per
     beta group (layers that must share beta) for ours, trying each candidate beta with "search"."""
     caps = {a: m.cap for a, m in mods.items()}
-    if method == "rate":
+    scheme = method_named(method)
+    if not scheme.binary_code:  # one level per step: no beta to search, no groups to share it
         chosen = {}
         for a, m in mods.items():
-            theta, err = choose_threshold(m.observer, caps[a], threshold, 1.0, 1, 0.0)
-            chosen[a] = (theta, 1.0, err)
+            b, T, p = scheme.threshold_code(1.0, 1, phi)
+            theta, err = choose_threshold(m.observer, caps[a], threshold, b, T, p)
+            chosen[a] = (theta, b, err)
         return chosen
     groups = _beta_groups(plan)
     chosen = {}
@@ -783,7 +786,7 @@ def _check_budgets(timesteps, max_loss, latency, method) -> bool:
         raise ValueError(f"timesteps must be an integer, per-layer values or 'auto', got {timesteps!r}")
     if not auto and (max_loss is not None or latency is not None):
         raise ValueError("max_loss / latency are budgets for timesteps='auto'")
-    if auto and method != "spikeconverter":
+    if auto and not method_named(method).pipelined:
         raise ValueError("timesteps='auto' applies to the two-phase method")
     return auto
 
@@ -817,7 +820,7 @@ def _convert_from(model, calibration, timesteps, *, beta, threshold, method, phi
     per_channel, sequential, bias_correction = calibration_options(method, per_channel, sequential, bias_correction)
     staged = per_channel or sequential or bias_correction
     if threshold is None:
-        threshold = "mse" if method == "spikeconverter" else "percentile:99.99"
+        threshold = method_named(method).default_threshold
     peek = _Peek(model, calibration)
     # unsupported ops fail here, before any numerical work (a model that asserts or branches on
     # shapes is traced on the first calibration batch, specialised to its shape)
@@ -836,7 +839,7 @@ def _convert_from(model, calibration, timesteps, *, beta, threshold, method, phi
         for a in plan.spikers:
             m = mods[a]
             m.theta, m.beta, m.timesteps = chosen[a][0], chosen[a][1], per_layer[a]
-            m.phi = phi if method == "spikeconverter" else 0.0
+            m.phi = phi if method_named(method).uses_phi else 0.0
     snn = _assemble(plan, mods, method, max(per_layer.values()), neurons, chosen, input_shape, input_coding,
                     threshold)
     snn.calibration = dict(threshold=threshold, per_channel=per_channel, sequential=sequential,

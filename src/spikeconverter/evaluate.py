@@ -18,6 +18,7 @@ from .convert import _check_args, calibration_options, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
 from .device import resolve as resolve_device
+from .methods import method_named
 from .metrics import ENERGY_CONVENTION, CostModel, Report, counting_bytes_per_image, neuron_spike_counts, report
 from .models import create, pretrained_checkpoint
 
@@ -260,7 +261,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
     auto = timesteps == "auto"
     _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, phi, calibration, selection_images)
     options = calibration_options(method, per_channel, sequential, bias_correction)
-    if method == "rate" and engine == "fast":
+    if not method_named(method).exact_twin and engine == "fast":
         engine = "simulate"  # the rate baseline has no exact shortcut
     net, info = load_model(model, dataset, checkpoint)
     net = net.to(device=dev, dtype=dtype)  # convert() keeps the model's precision
@@ -330,7 +331,7 @@ def _energy_params(energy_model: str):
 
 def _with_energy(out: dict, snn, params) -> dict:
     """The cost model's figures from the measured per-image events (two-phase networks)."""
-    if params is None or snn.method != "spikeconverter":
+    if params is None or not snn.scheme.pipelined:  # the cost model is of a two-phase pipeline
         return out
     from .energy import energy_report, events_of
     from .metrics import Report
@@ -356,7 +357,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
     else:
         net, info = load_model(model, dataset, checkpoint)
     net = net.to(device=dev, dtype=dtype)
-    if snn.method == "rate" and engine == "fast":
+    if not snn.scheme.exact_twin and engine == "fast":
         engine = "simulate"
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     out = {"model": model, "dataset": dataset,
@@ -413,7 +414,7 @@ def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, 
     out = {
         "data": getattr(test, "source", ""), "data_sha256": data_digest(test), "checkpoint": info["checkpoint"],
         "method": snn.method, "engine": engine, "timesteps": snn.timesteps,
-        **({} if snn.method == "rate" or snn.uniform else {"timesteps_per_layer": snn.timesteps_per_layer}),
+        **({} if snn.uniform else {"timesteps_per_layer": snn.timesteps_per_layer}),
         "beta": snn.layers[0].beta if snn.layers else None,
         "beta_per_group": {str(k): v for k, v in snn.betas.items()}, "threshold": snn.threshold,
         "test_images": len(test), "calibration_images": n_calib,
@@ -459,7 +460,7 @@ def format_evaluate(r: dict) -> str:
         ("SNN accuracy", f"{r['snn_accuracy']:.2f} %"),
         ("difference", f"{r['difference_pp']:+.2f} pp"),
     ]
-    if r["method"] == "rate":
+    if not method_named(r["method"]).pipelined:
         rows += [("time steps", f"T = {r['timesteps']} (all layers at once)"),
                  ("latency", f"{r['latency_steps']} steps end to end"),
                  ("throughput", f"1 input / {r['steps_per_input']} steps")]
@@ -618,7 +619,7 @@ def _measure_rows(snn, test, rows: dict, batch_size: int, label: str, quiet: boo
     cost = CostModel(snn.plan, snn.input_shape)
     accs = {t: _Accumulator() for t in rows}
     records = {t: [] for t in rows}
-    rate = snn.method == "rate"
+    rate = not snn.scheme.exact_twin  # measured by simulating the longest T once
     bs = batch_size if rate else counting_batch(snn, cost, batch_size)
     if rate:
         from .engine import RateSimulator

@@ -104,7 +104,7 @@ class _Tensors:
 
 def _check_exportable(snn) -> float:
     """Refuse what the bundle cannot run; returns the one beta of all layers."""
-    if snn.method != "spikeconverter" or snn.exact_bounds is None:
+    if not snn.scheme.fixed_point or snn.exact_bounds is None:
         raise ValueError("export needs a fixed-point two-phase network: convert(..., fixed_point=True)")
     acts = [snn.gm.get_submodule(a.target) for a in snn.plan.spikers]
     betas = {float(m.beta) for m in acts}

@@ -215,7 +215,7 @@ def _start(model, train_data, timesteps, calibration, out, resume, progress, cfg
 
 def _check_finetunable(snn, timesteps) -> None:
     """Refuse what fine-tuning cannot keep exact: the rate baseline, fixed point, another T."""
-    if snn.method != "spikeconverter":
+    if not snn.scheme.exact_twin:
         raise ValueError("fine-tuning applies to the two-phase method (the rate baseline has no exact twin)")
     if snn.exact_bounds is not None:
         raise ValueError("a fixed-point network cannot be fine-tuned (training leaves its grid); fine-tune, then "

@@ -199,12 +199,12 @@ def report(snn, x: torch.Tensor, neuron_counts: dict | None = None, cost: CostMo
     cost = cost or CostModel(snn.plan, snn.input_shape, snn.input_coding)
     B = x.shape[0]
     if neuron_counts is None:
-        if snn.method == "rate":
+        if not snn.scheme.exact_twin:  # counted in simulation (no twin gives the baseline's trains)
             res = snn.simulate(x, neuron_counts=True)
             neuron_counts = res.extra["neuron_counts"]
         else:
             neuron_counts = neuron_spike_counts(snn, x)
-    steps = snn.timesteps if snn.method == "rate" else 1
+    steps = snn.timesteps if snn.scheme.analog_every_step else 1
     sops = 0.0
     snn_macs = 0.0
     ann_macs = 0.0

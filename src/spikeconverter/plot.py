@@ -79,7 +79,7 @@ def pipeline(snn, x: torch.Tensor, path=None, neurons: int | None = None, seed: 
 
     x1 = x[:1]
     res = snn.simulate(x1, record=True)
-    rate = snn.method == "rate"
+    rate = not snn.scheme.pipelined  # all layers at once: no schedule to draw
     T = snn.timesteps
     uniform = rate or snn.uniform
     # when each layer accumulates and generates (schedule.py; with one T: windows of T steps)
