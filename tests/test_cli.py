@@ -281,7 +281,7 @@ def test_ctrl_c_in_train_says_what_is_kept(tmp_path):
 def test_first_compiled_call_is_announced(monkeypatch, capsys):
     from spikeconverter import neuron
 
-    monkeypatch.setattr(neuron, "_compiled_kernel", None)
+    monkeypatch.setattr(neuron, "compiled_kernel", None)
     monkeypatch.setattr(neuron, "_get_kernel", lambda: None)  # do not spend the 25 s here
     assert main(["--threads", "1", "evaluate", "--limit", "10", "--calibration", "16", "--precision", "float32"]) == 0
     assert "compiling the fused quantizer once" in capsys.readouterr().out

@@ -135,12 +135,12 @@ def test_float32_simulation_agrees_with_twin_almost_always():
 def test_mixed_betas_per_group_stay_identical():
     """Groups (layers whose spikes meet in one neuron) may use different beta: every neuron must
     accumulate with its senders' beta and generate with its own."""
-    from spikeconverter.convert import _beta_groups
+    from spikeconverter.convert import beta_groups
 
     model, shape = make("resnet_block", seed=12)
     g = torch.Generator().manual_seed(12)
     snn = sc.convert(model, torch.randn((16,) + shape, generator=g, dtype=torch.float64), timesteps=4)
-    groups = _beta_groups(snn.plan)
+    groups = beta_groups(snn.plan)
     assert len(set(groups.values())) >= 3
     choice = {gid: b for gid, b in zip(sorted(set(groups.values())), [1.5, 2.0, 1.25, 1.0, 1.75, 2.0])}
     for node, gid in groups.items():

@@ -195,7 +195,7 @@ def _selection(name, n=600, calib=64):
 
 def test_auto_T_descends_from_the_shortest_uniform_T_within_the_budget():
     from spikeconverter.allocate import choose_timesteps
-    from spikeconverter.convert import _beta_groups
+    from spikeconverter.convert import beta_groups
 
     model, calib, x, y = _selection("concat")
     s = choose_timesteps(model, calib, x, y, max_loss=1.0)
@@ -214,7 +214,7 @@ def test_auto_T_descends_from_the_shortest_uniform_T_within_the_budget():
     snn = sc.convert(model, calib, timesteps=s.timesteps)
     names = {a: snn.plan.layer_name(a) for a in snn.plan.spikers}
     groups: dict = {}
-    for a, gid in _beta_groups(snn.plan).items():
+    for a, gid in beta_groups(snn.plan).items():
         groups.setdefault(gid, set()).add(s.timesteps[names[a]])
     assert all(len(ts) == 1 for ts in groups.values())
     assert snn.latency_steps == s.latency < (snn.spiking_depth + 1) * T0

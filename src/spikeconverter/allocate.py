@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .convert import _beta_groups, convert
+from .convert import beta_groups, convert
 from .schedule import schedule
 
 SCORING_IMAGES = 128  # the smooth divergence ranks moves; the accuracy budget uses every image
@@ -122,7 +122,7 @@ class _Allocations:
         plan = self.uniform(T).plan
         self.plan, self.spikers = plan, list(plan.spikers)
         self.groups: dict[int, list] = {}
-        for a, g in _beta_groups(plan).items():
+        for a, g in beta_groups(plan).items():
             self.groups.setdefault(g, []).append(self.spikers.index(a))
         self.names = [plan.layer_name(a) for a in self.spikers]
 

@@ -35,7 +35,7 @@ import torch.fx as fx
 
 from . import ops
 from .activation import SpikeActivation
-from .calibrate import _search
+from .calibrate import search_thresholds
 
 QUANTILES = 16384  # per channel: the expected error is their mean; the largest lies 4.0 sd out, beyond
 # the best clip of the normals in tests/test_bn_thresholds.py (4096 reach 3.5 sd: short of it at T = 6)
@@ -185,7 +185,7 @@ def thresholds_from_moments(mean, var, cap, spec, beta, timesteps, phi, per_chan
     sd = var.clamp_min(0).sqrt()
     if not per_channel:
         sample = (mean[:, None] + sd[:, None] * standard_quantiles()[None, :]).float()
-        theta, err = _search(sample.reshape(1, -1), sample.reshape(1, -1), sample.max().reshape(1), cap, spec, beta,
+        theta, err = search_thresholds(sample.reshape(1, -1), sample.reshape(1, -1), sample.max().reshape(1), cap, spec, beta,
                              timesteps, phi)
         return float(theta[0]), float(err.mean())
     cache = {} if cache is None else cache
@@ -203,7 +203,7 @@ def thresholds_from_moments(mean, var, cap, spec, beta, timesteps, phi, per_chan
     for c_k, ks in todo.items():  # one search per cap/sd value, every mean/sd at once
         ks = sorted(ks)
         sample = (torch.tensor([k[0] for k in ks], dtype=torch.float64)[:, None] + q).float()
-        theta_k, err_k = _search(sample, sample, sample.max(1).values, c_k, spec, beta, timesteps, phi)
+        theta_k, err_k = search_thresholds(sample, sample, sample.max(1).values, c_k, spec, beta, timesteps, phi)
         cache.update({k: (float(t), float(e)) for k, t, e in zip(ks, theta_k, err_k)})
     theta = torch.empty(len(sd), dtype=torch.float32)
     err = torch.empty(len(sd), dtype=torch.float64)
@@ -214,7 +214,7 @@ def thresholds_from_moments(mean, var, cap, spec, beta, timesteps, phi, per_chan
     if not bool(live.all()):  # constant channels: their own (degenerate) sample
         dead = ~live
         sample = mean[dead][:, None].float().expand(-1, 16)
-        theta_d, err_d = _search(sample, sample, sample.max(1).values, cap, spec, beta, timesteps, phi)
+        theta_d, err_d = search_thresholds(sample, sample, sample.max(1).values, cap, spec, beta, timesteps, phi)
         theta[dead], err[dead] = theta_d, err_d.double()
     return theta, float(err.mean())
 

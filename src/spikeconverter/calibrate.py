@@ -154,13 +154,13 @@ def choose_channel_thresholds(obs: ChannelObserver, cap, spec, beta, timesteps, 
     target = sample if obs.target is None else obs.target
     if not per_channel:
         sample, target, top = sample.reshape(1, -1), target.reshape(1, -1), top.max().reshape(1)
-    theta, err = _search(sample, target, top.float(), cap, spec, beta, timesteps, phi)
+    theta, err = search_thresholds(sample, target, top.float(), cap, spec, beta, timesteps, phi)
     if not per_channel:
         return float(theta[0]), float(err.mean())
     return theta, float(err.mean())
 
 
-def _search(sample, target, top, cap, spec, beta, timesteps, phi):
+def search_thresholds(sample, target, top, cap, spec, beta, timesteps, phi):
     """Per row of sample [C, S]: theta (float32 [C]) and its error [C]. See the module docstring."""
     kind, p = parse_threshold(spec)
     levels_sum = max_value(1.0, beta, timesteps)

@@ -281,7 +281,7 @@ class SpikingNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point=False):
+def check_args(timesteps, beta, threshold, method, phi, input_coding, fixed_point=False):
     scheme = method_named(method)
     if fixed_point and not scheme.fixed_point:
         raise ValueError("fixed_point applies to the two-phase method, not the rate baseline")
@@ -319,7 +319,7 @@ def calibration_options(method: str, per_channel=None, sequential=None, bias_cor
     return tuple(CALIBRATION_DEFAULTS[k] if v is None else bool(v) for k, v in given.items())
 
 
-def _beta_groups(plan: GraphPlan) -> dict:
+def beta_groups(plan: GraphPlan) -> dict:
     """Union-find: layers whose trains meet in one neuron must share beta. Returns node -> group id."""
     parent: dict = {}
 
@@ -524,7 +524,7 @@ def _choose(plan: GraphPlan, mods: dict, method, threshold, beta, timesteps, phi
             theta, err = choose_threshold(m.observer, caps[a], threshold, b, T, p)
             chosen[a] = (theta, b, err)
         return chosen
-    groups = _beta_groups(plan)
+    groups = beta_groups(plan)
     chosen = {}
     for gid in set(groups.values()):
         members = [a for a in plan.spikers if groups[a] == gid]
@@ -672,7 +672,7 @@ def _observe_float(gm, mods: dict, batches: list, everything: bool) -> tuple[dic
 def _group_betas(plan: GraphPlan, beta, error) -> dict:
     """beta per spiking node: the one given, or (beta="search") per group of layers whose trains
     meet, the candidate with the least summed ``error(node, beta)``."""
-    groups = _beta_groups(plan)
+    groups = beta_groups(plan)
     betas = {}
     for gid in set(groups.values()):
         members = [a for a in plan.spikers if groups[a] == gid]
@@ -762,7 +762,7 @@ def convert(model: nn.Module, calibration, timesteps: int = 8, beta=2.0, thresho
         run once or twice per spiking depth).
     """
     auto = _check_budgets(timesteps, max_loss, latency, method)
-    _check_args(8 if auto else timesteps, beta, threshold, method, phi, input_coding, fixed_point)
+    check_args(8 if auto else timesteps, beta, threshold, method, phi, input_coding, fixed_point)
     kw = dict(beta=beta, threshold=threshold, method=method, phi=phi, input_coding=input_coding,
               fixed_point=fixed_point, per_channel=per_channel, sequential=sequential, bias_correction=bias_correction)
     data_free = None
@@ -793,7 +793,7 @@ def _check_budgets(timesteps, max_loss, latency, method) -> bool:
 
 def _data_free_method(model, calibration: str, input_shape, method: str, auto: bool) -> str:
     """The checked data-free method for calibration="data-free"."""
-    from .datafree import NO_BN, _bn_layers
+    from .datafree import NO_BN, bn_layers
 
     if calibration != "data-free":
         raise ValueError(f"calibration must be images or 'data-free', got {calibration!r}")
@@ -802,7 +802,7 @@ def _data_free_method(model, calibration: str, input_shape, method: str, auto: b
     if method not in ("synthesised", "bn-statistics"):
         raise ValueError(f"data_free_method must be 'synthesised' or 'bn-statistics', got {method!r}")
     if method == "bn-statistics":
-        if not _bn_layers(model):
+        if not bn_layers(model):
             raise ValueError(NO_BN)
         if auto:
             raise ValueError("timesteps='auto' needs images to judge on; use the synthesised data-free method")
@@ -859,7 +859,7 @@ def _convert_from(model, calibration, timesteps, *, beta, threshold, method, phi
 def _assemble(plan, mods, method, period, neurons, chosen, input_shape, input_coding, threshold) -> SpikingNetwork:
     """The SpikingNetwork from calibrated modules. ``period``: the longest T (a new input every
     max_l T_l steps)."""
-    groups = _beta_groups(plan)
+    groups = beta_groups(plan)
     layers = []
     for a in plan.spikers:
         m = mods[a]

@@ -23,7 +23,7 @@ NO_BN = ("data-free conversion needs batch-norm statistics (running means and va
          "BatchNorm layer with running statistics: convert it with calibration images instead")
 
 
-def _bn_layers(model: nn.Module) -> list:
+def bn_layers(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             and m.track_running_stats and m.running_mean is not None]
 
@@ -38,7 +38,7 @@ def bn_statistics(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor,
         dims = [0] + list(range(2, z.dim()))
         seen.append((z.mean(dims), z.var(dims, unbiased=False), mod.running_mean, mod.running_var))
 
-    hooks = [m.register_forward_hook(hook) for m in _bn_layers(model)]
+    hooks = [m.register_forward_hook(hook) for m in bn_layers(model)]
     try:
         model(x)
     finally:
@@ -64,7 +64,7 @@ def synthesize_inputs(model: nn.Module, input_shape: tuple, n: int = 128, steps:
     running statistics (module docstring), and a report: steps, seconds, the final loss and the
     largest per-channel mismatch of mean (in running standard deviations) and of standard
     deviation (relative)."""
-    if not _bn_layers(model):
+    if not bn_layers(model):
         raise ValueError(NO_BN)
     net = copy.deepcopy(model).eval()
     for p in net.parameters():

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .convert import _check_args, calibration_options, convert
+from .convert import calibration_options, check_args, convert
 from .data import load_dataset
 from .data.datasets import ArrayDataset
 from .device import resolve as resolve_device
@@ -301,7 +301,7 @@ def _check_evaluate_args(timesteps, max_loss, latency, beta, threshold, method, 
     if auto and (max_loss is None) == (latency is None):
         raise ValueError("-T auto needs one budget: --max-loss PP (shortest latency within it) or --latency STEPS "
                          "(best accuracy within it)")
-    _check_args(8 if auto else timesteps, beta, threshold, method, phi, "analog")
+    check_args(8 if auto else timesteps, beta, threshold, method, phi, "analog")
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
 
@@ -383,10 +383,10 @@ def counting_batch(snn, cost: CostModel, batch_size: int) -> int:
 def _measure(snn, net, info, test, n_calib, engine, batch_size, quiet, compile, t0) -> dict:
     """ANN and SNN accuracy and the cost figures of a converted network on ``test``."""
     if compile:
-        from .neuron import _compiled_kernel
+        from .neuron import compiled_kernel
 
         # the fused kernel serves float32 only (built on first use): a float64 run builds nothing
-        if _compiled_kernel is None and not quiet and next(snn.parameters()).dtype == torch.float32:
+        if compiled_kernel is None and not quiet and next(snn.parameters()).dtype == torch.float32:
             print("compiling the fused quantizer once (about 25 s on first use on this machine) ...", flush=True)
         snn.compile()
     t_convert = time.time() - t0
@@ -589,11 +589,11 @@ def _sweep_row(method, beta, T, latency, f: dict, accuracy: float, ann_accuracy:
 
 def _check_sweep_args(timesteps, rate_timesteps, beta, extra_betas, extra_beta_timesteps, calibration) -> None:
     for T in tuple(timesteps) + extra_beta_timesteps:
-        _check_args(T, beta, None, "spikeconverter", 0.5, "analog")
+        check_args(T, beta, None, "spikeconverter", 0.5, "analog")
     for T in rate_timesteps:
-        _check_args(T, 1.0, None, "rate", 0.0, "analog")
+        check_args(T, 1.0, None, "rate", 0.0, "analog")
     for b in extra_betas:
-        _check_args(1, b, None, "spikeconverter", 0.5, "analog")
+        check_args(1, b, None, "spikeconverter", 0.5, "analog")
     if calibration < 1:
         raise ValueError(f"--calibration must be >= 1, got {calibration}")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .fixed_point import INPUT_BITS
-from .serialize import _enc, _module_config
+from .serialize import module_config, node_record
 
 
 def dyadic(t) -> tuple[np.ndarray, int]:
@@ -129,12 +129,11 @@ def _graph_records(gm, tensors: _Tensors) -> tuple[list, dict]:
             target = f"{getattr(n.target, '__module__', '')}.{getattr(n.target, '__name__', str(n.target))}"
         elif n.op == "call_module":
             mod = gm.get_submodule(n.target)
-            modules[n.target] = _module_config(mod, n.target)
+            modules[n.target] = module_config(mod, n.target)
             if not isinstance(mod, SpikeActivation):
                 for k, t in mod.state_dict().items():
                     tensors.put(f"{n.target}.{k}", t)
-        graph.append({"name": n.name, "op": n.op, "target": target, "args": _enc(n.args), "kwargs": _enc(n.kwargs),
-                      "shape_value": bool(n.meta.get("shape_value", False))})
+        graph.append(node_record(n, target))
     return graph, modules
 
 

@@ -249,7 +249,7 @@ def _binary_code_f64(z: torch.Tensor, off: torch.Tensor, theta: torch.Tensor, sc
     return (k * theta_over_scale).to(z.dtype)
 
 
-_compiled_kernel = None
+compiled_kernel = None
 
 
 def compiled_available() -> bool:
@@ -258,15 +258,15 @@ def compiled_available() -> bool:
 
 
 def _get_kernel():
-    global _compiled_kernel
-    if _compiled_kernel is None:
+    global compiled_kernel
+    if compiled_kernel is None:
         try:
             fn = torch.compile(_binary_code_f64, dynamic=True)
             fn(torch.zeros(2, 3), *_scalars(0.1, 0.5, 4.0, 3.0, 0.125))  # build it now, so failures show here
-            _compiled_kernel = fn
+            compiled_kernel = fn
         except Exception:  # no compiler, unsupported platform: the eager path stays exact
-            _compiled_kernel = False
-    return _compiled_kernel or None
+            compiled_kernel = False
+    return compiled_kernel or None
 
 
 def quantize_compiled(z: torch.Tensor, theta, beta: float, timesteps: int, phi: float = 0.0) -> torch.Tensor:

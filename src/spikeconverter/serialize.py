@@ -82,7 +82,7 @@ def _module_classes() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _enc(v):
+def encode_value(v):
     if isinstance(v, fx.Node):
         return {"node": v.name}
     if v is None or isinstance(v, (bool, int, str)):
@@ -90,13 +90,13 @@ def _enc(v):
     if isinstance(v, float):
         return v if math.isfinite(v) else {"float": repr(v)}
     if isinstance(v, tuple):
-        return {"tuple": [_enc(a) for a in v]}
+        return {"tuple": [encode_value(a) for a in v]}
     if isinstance(v, list):
-        return [_enc(a) for a in v]
+        return [encode_value(a) for a in v]
     if isinstance(v, dict):
-        return {"dict": {str(k): _enc(a) for k, a in v.items()}}
+        return {"dict": {str(k): encode_value(a) for k, a in v.items()}}
     if isinstance(v, slice):
-        return {"slice": [_enc(v.start), _enc(v.stop), _enc(v.step)]}
+        return {"slice": [encode_value(v.start), encode_value(v.stop), encode_value(v.step)]}
     if v is Ellipsis:
         return {"ellipsis": True}
     if isinstance(v, torch.dtype):
@@ -132,7 +132,7 @@ def _dec(v, env: dict):
     raise SnnFileError(f"unknown value tag {tag!r}")
 
 
-def _module_config(mod: nn.Module, path: str) -> dict:
+def module_config(mod: nn.Module, path: str) -> dict:
     """A module of the table as (class, constructor arguments read from its attributes)."""
     from .activation import SpikeActivation
 
@@ -140,7 +140,7 @@ def _module_config(mod: nn.Module, path: str) -> dict:
     if cls not in _module_classes().values():
         raise SnnFileError(f"cannot save module '{path}' of type {cls.__name__}: not in the op table")
     if isinstance(mod, SpikeActivation):
-        return {"class": "SpikeActivation", "attrs": {k: _enc(getattr(mod, k)) for k in _ACT_ATTRS}}
+        return {"class": "SpikeActivation", "attrs": {k: encode_value(getattr(mod, k)) for k in _ACT_ATTRS}}
     args = {}
     for p in inspect.signature(cls.__init__).parameters.values():
         if p.name in ("self", "device", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -148,7 +148,7 @@ def _module_config(mod: nn.Module, path: str) -> dict:
         if p.name == "bias":
             args["bias"] = getattr(mod, "bias", None) is not None
         elif hasattr(mod, p.name):
-            args[p.name] = _enc(getattr(mod, p.name))
+            args[p.name] = encode_value(getattr(mod, p.name))
         elif p.default is p.empty:
             raise SnnFileError(f"cannot save module '{path}' ({cls.__name__}): no attribute for argument {p.name!r}")
     return {"class": cls.__name__, "args": args}
@@ -157,6 +157,13 @@ def _module_config(mod: nn.Module, path: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------------
+
+
+def node_record(n, target) -> dict:
+    """One graph node as JSON (the network file's and the bundle's): name, op, its target as the
+    file names it, encoded arguments, whether it computes a shape."""
+    return {"name": n.name, "op": n.op, "target": target, "args": encode_value(n.args),
+            "kwargs": encode_value(n.kwargs), "shape_value": bool(n.meta.get("shape_value", False))}
 
 
 def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> None:
@@ -179,7 +186,7 @@ def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> No
             raise SnnFileError(f"cannot save node '{n.name}': method .{n.target}() is not in the op table")
         elif n.op == "call_module" and n.target not in modules:
             mod = gm.get_submodule(n.target)
-            modules[n.target] = _module_config(mod, n.target)
+            modules[n.target] = module_config(mod, n.target)
             for k, t in mod.state_dict().items():
                 if torch.is_tensor(t):
                     tensors[f"module.{n.target}.{k}"] = t
@@ -194,8 +201,7 @@ def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> No
             if not torch.is_tensor(value):
                 raise SnnFileError(f"cannot save node '{n.name}': attribute {n.target} is not a tensor")
             tensors[f"attr.{n.target}"] = value
-        graph.append({"name": n.name, "op": n.op, "target": target, "args": _enc(n.args), "kwargs": _enc(n.kwargs),
-                      "shape_value": bool(n.meta.get("shape_value", False))})
+        graph.append(node_record(n, target))
     layers = [dict(name=la.name, theta=None if torch.is_tensor(la.theta) else la.theta, beta=la.beta, phi=la.phi,
                    cap=la.cap, neurons=la.neurons, depth=la.depth, error=la.error, group=la.group)
               for la in snn.layers]
@@ -207,7 +213,7 @@ def save(snn, path, extra: dict | None = None, half_weights: bool = False) -> No
     from . import __version__
 
     doc = {"format": FORMAT, "version": VERSION, "spikeconverter": __version__, "graph": graph, "modules": modules,
-           "network": network, "layers": layers, "extra": _enc(dict(extra or {}))}
+           "network": network, "layers": layers, "extra": encode_value(dict(extra or {}))}
     if half_weights:
         if snn.exact_bounds is not None:  # its weights sit on a fixed-point grid whose bounds were proven
             raise ValueError("half_weights: a fixed-point network keeps its weights as they are (float16 "
