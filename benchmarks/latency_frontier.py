@@ -10,8 +10,9 @@ docs/latency.json as they finish (a stopped run resumes); --render rewrites the 
 section and the plot docs/latency_frontier_<model>.png from the JSON alone.
 
 --judge T...: how well the search's judge predicts the test loss -- for each uniform T, the loss
-(with its paired standard error) on the first 1,024 and on all 4,096 held-out training images the
-search would judge on, beside the loss on every test image.
+(with its paired standard error) on the 1,024 held-out training images the search judged on before
+and on the 4,096 it judges on now (`held_out_training(n)`: the next n of the fixed random order,
+so the two sets overlap), beside the loss on every test image.
 
 Published points are drawn as such -- losses their authors report for their own ANNs (trained for
 conversion) and data, not measured here.
@@ -73,8 +74,8 @@ JUDGE_SIZES = (1024, 4096)
 
 
 def judge_study(model: str, dataset: str, Ts, stored: dict) -> None:
-    """Loss +- standard error on held-out training images (the judge's first 1,024 and all 4,096)
-    vs on every test image, per uniform T; evaluate()'s defaults (float64, 512 calibration images)."""
+    """Loss +- standard error on held-out training images (the judge's 1,024 before, 4,096 now) vs
+    on every test image, per uniform T; evaluate()'s defaults (float64, 512 calibration images)."""
     from spikeconverter import convert
     from spikeconverter.allocate import paired_loss
     from spikeconverter.evaluate import batches_of, calibration_data, held_out_training, load_dataset, load_model, sized_kwargs
@@ -84,23 +85,23 @@ def judge_study(model: str, dataset: str, Ts, stored: dict) -> None:
     net = net.double().eval()
     kw = sized_kwargs(dataset, info)
     calib = calibration_data(dataset, 512, **kw).double()
-    sel_x, sel_y = held_out_training(dataset, max(JUDGE_SIZES), 512, **kw)
+    # each size as the search draws it: the first n of the held-out order (sorted by index)
+    sel = {n: held_out_training(dataset, n, 512, **kw) for n in JUDGE_SIZES}
     test_x, test_y = (torch.cat(t) for t in zip(*batches_of(load_dataset(dataset, "test", **kw), 500)))
 
     def logits(m, x):
         with torch.no_grad():
             return torch.cat([m(x[i : i + 250].double()) for i in range(0, len(x), 250)])
 
-    ann_sel, ann_test = logits(net, sel_x), logits(net, test_x)
+    ann_sel, ann_test = {n: logits(net, x) for n, (x, _) in sel.items()}, logits(net, test_x)
     for T in Ts:
         if any(r["T"] == T for r in rows):
             continue
         t0 = time.time()
         snn = convert(net, calib, timesteps=T)
-        snn_sel, snn_test = logits(snn, sel_x), logits(snn, test_x)
-        row = {"T": T, "test": paired_loss(ann_test, snn_test, test_y), "test_images": len(test_y)}
-        for n in JUDGE_SIZES:
-            row[str(n)] = paired_loss(ann_sel[:n], snn_sel[:n], sel_y[:n])
+        row = {"T": T, "test": paired_loss(ann_test, logits(snn, test_x), test_y), "test_images": len(test_y)}
+        for n, (x, y) in sel.items():
+            row[str(n)] = paired_loss(ann_sel[n], logits(snn, x), y)
         rows.append(row)
         stored["machine"] = _common.machine()
         PATH.write_text(json.dumps(stored, indent=1) + "\n")
@@ -114,7 +115,7 @@ def _judge_lines(stored: dict) -> list:
         return []
     lines = ["", "How well the judge predicts the test loss (`--judge`): one T for all layers, loss +- one paired "
              "standard error in pp.", "",
-             "| data / model | T | first 1,024 held-out training images | all 4,096 (the search's default) "
+             "| data / model | T | 1,024 held-out training images (the search's before) | 4,096 (its default now) "
              "| all test images |", "|---|---|---|---|---|"]
     for key, rows in stored["judge"].items():
         for r in sorted(rows, key=lambda r: r["T"]):
