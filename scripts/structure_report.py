@@ -1,5 +1,5 @@
-"""Module-level import circles and functions over 70 lines in src/spikeconverter (issue 27's
-targets), measured from the source.
+"""Module-level import circles, private names imported across modules and functions over 70
+lines in src/spikeconverter (issue 27's targets), measured from the source.
 
 Usage: python scripts/structure_report.py"""
 
@@ -55,6 +55,15 @@ def main() -> int:
     print("import circles (module level):", "none" if not real else "")
     for c in real:
         print("  " + " -> ".join(c))
+    private = []  # `from .x import _y` anywhere (function level too): another module's private name
+    for m, p in sorted(files.items()):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                private += [f"{m}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    print("private names imported across modules:", "none" if not private else "")
+    for line in private:
+        print("  " + line)
     print(f"functions over {LONG} lines:")
     for m, p in sorted(files.items()):
         for node in ast.walk(ast.parse(p.read_text())):
