@@ -124,6 +124,31 @@ def _judge_lines(stored: dict) -> list:
     return lines
 
 
+README_AFTER = "published losses: [docs/results.md](docs/results.md#fine-tuning-for-few-time-steps)."
+
+
+def _readme_block(stored: dict, within: float = 0.5) -> str:
+    """One line per network: the shortest measured end-to-end latency within ``within`` pp of the
+    ANN on the test images, with one T for all layers and with T per layer (-T auto)."""
+    def best(rows, kind):
+        ok = [r for r in rows if (r["kind"] == "uniform") == (kind == "uniform") and r["difference_pp"] >= -within]
+        if not ok:
+            return "none measured"
+        r = min(ok, key=lambda r: r["latency_steps"])
+        T = f"T = {r['timesteps']}" if kind == "uniform" else f"auto, budget {r['budget']} pp"
+        return f"**{r['latency_steps']} steps** ({T}, {r['difference_pp']:+.2f} pp)"
+
+    lines = [f"End-to-end latency within {within} pp of the float ANN (all test images, post-training; "
+             "[docs/results.md](docs/results.md#latency-time-steps-per-layer), `python benchmarks/latency_frontier.py "
+             "--render`):", ""]
+    for key, rows in stored["rows"].items():
+        dataset, model = key.split("/")
+        auto = any(r["kind"] != "uniform" for r in rows)
+        lines.append(f"- {model} ({dataset}): one T for all layers {best(rows, 'uniform')}; T per layer "
+                     + (best(rows, "auto") if auto else "not measured yet"))
+    return "\n".join(lines)
+
+
 def render(stored: dict) -> None:
     lines = ["| data / model | T | budget (judged on training images) | latency (steps) | SNN - ANN (pp, test) "
              "| loss in the search (training images) | search cost |", "|---|---|---|---|---|---|---|"]
@@ -154,6 +179,7 @@ def render(stored: dict) -> None:
               + f". Machine: {stored.get('machine')}. Regenerate: `python benchmarks/latency_frontier.py --render`."]
     _common.replace_section(readme_headline.DOCS / "results.md", "latency", "\n".join(lines),
                             heading="## Latency: time steps per layer")
+    _common.replace_section(readme_headline.ROOT / "README.md", "latency", _readme_block(stored), after=README_AFTER)
     import matplotlib
 
     matplotlib.use("Agg")
