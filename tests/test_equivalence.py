@@ -149,8 +149,7 @@ def test_mixed_betas_per_group_stay_identical():
     add_sinks = [s for s, r in snn.plan.regions.items() if len([x for x in r.sources if x is not snn.plan.input]) > 1]
     for s in add_sinks:
         assert len({groups[x] for x in snn.plan.regions[s].sources if x in groups}) == 1
-    snn.layers = [sc.LayerInfo(**{**la.__dict__, "beta": snn.gm.get_submodule(n.target).beta})
-                  for la, n in zip(snn.layers, snn.plan.activations)]
+    assert [la.beta for la in snn.layers] == [snn.gm.get_submodule(n.target).beta for n in snn.plan.activations]
     check_identical(snn, torch.randn((2,) + shape, generator=g, dtype=torch.float64))
 
 

@@ -234,3 +234,18 @@ def test_half_weights_listing_checked(tmp_path):
         sc.load(path)
     with pytest.raises(ValueError, match="fixed-point"):
         sc.convert(model, calib.float(), timesteps=3, fixed_point=True).save(path, half_weights=True)
+
+
+def test_layer_records_read_their_own_network_s_modules(tmp_path):
+    """LayerInfo reads theta/beta/phi/cap from the layer module: a copy's and a loaded network's
+    records point at their own modules, and a change to a module shows in its record only."""
+    import copy
+
+    model, shape = make("vgg_maxpool", seed=5)
+    snn = sc.convert(model, torch.randn((16,) + shape, dtype=torch.float64), timesteps=4)
+    snn.save(tmp_path / "n.snn")
+    for other in (copy.deepcopy(snn), sc.load(tmp_path / "n.snn")):
+        mods = set(other.gm.modules())
+        assert all(la.module in mods for la in other.layers)
+        other.layers[0].module.beta = 1.5
+        assert other.layers[0].beta == 1.5 and snn.layers[0].beta == 2.0

@@ -219,8 +219,6 @@ def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Ten
         raise ValueError(f"no allocation with T >= {candidates[0]} reaches a latency of {latency} steps "
                          f"(shortest found: {cur['latency']})")
     work = allocs.apply(alloc)  # the chosen allocation (the last move tried may have been refused)
-    for info, m in zip(work.layers, allocs.mods):  # the layer records follow the thresholds put in
-        info.theta = m.theta
     search = Search(allocs.named(alloc), cur["latency"], cur["loss_pp"], judge.standard_error(work), steps, judge.count,
                     round(time.time() - t0, 1), len(images),
                     {"max_loss_pp": max_loss} if max_loss is not None else {"latency_steps": latency})

@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,15 +41,32 @@ CALIBRATION_DEFAULTS = dict(per_channel=True, sequential=False, bias_correction=
 
 @dataclass
 class LayerInfo:
+    """A spiking layer's record. Its code parameters -- theta, beta, phi, cap -- are read from the
+    layer module itself, so no step that changes the layer (fixed point, a T search, fine-tuning,
+    a user setting beta) leaves the record stale."""
+
     name: str
-    theta: float
-    beta: float
-    phi: float
-    cap: float | None  # 6.0 for ReLU6
+    module: SpikeActivation = field(repr=False, compare=False)
     neurons: int  # per sample
     depth: int  # window in which the layer generates
     error: float  # calibration MSE of q against the ANN activation
     group: int  # layers whose spikes meet in one neuron share a group (and beta)
+
+    @property
+    def theta(self):
+        return self.module.theta
+
+    @property
+    def beta(self) -> float:
+        return self.module.beta
+
+    @property
+    def phi(self) -> float:
+        return self.module.phi
+
+    @property
+    def cap(self) -> float | None:  # 6.0 for ReLU6
+        return self.module.cap
 
 
 class SpikingNetwork(nn.Module):
@@ -151,15 +168,6 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"input must be a tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, self.input_shape))})")
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """As nn.Module's; the per-layer records then follow the loaded thresholds."""
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        acts = {m.layer_name: m for m in self._acts()}
-        for info in self.layers:
-            m = acts[info.name]
-            info.theta, info.beta, info.phi = m.theta, m.beta, m.phi
-        return result
 
     def save(self, path, extra: dict | None = None, half_weights: bool = False) -> None:
         """Write the network to one safetensors file, no pickle (``spikeconverter.load`` reads it
@@ -851,8 +859,6 @@ def _convert_from(model, calibration, timesteps, *, beta, threshold, method, phi
 
         snn.double()
         snn.exact_bounds = fx_point.apply(plan, input_shape)
-        for info, a in zip(snn.layers, plan.spikers):
-            info.theta = mods[a].theta
     return snn
 
 
@@ -864,8 +870,7 @@ def _assemble(plan, mods, method, period, neurons, chosen, input_shape, input_co
     for a in plan.spikers:
         m = mods[a]
         m.observer = None
-        layers.append(LayerInfo(m.layer_name, m.theta, m.beta, m.phi, m.cap, neurons.get(a, 0), plan.depth[a],
-                                chosen[a][2], groups[a]))
+        layers.append(LayerInfo(m.layer_name, m, neurons.get(a, 0), plan.depth[a], chosen[a][2], groups[a]))
     return SpikingNetwork(plan, method, period, layers, input_shape, input_coding, threshold)
 
 

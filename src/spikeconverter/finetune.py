@@ -312,9 +312,6 @@ def _frozen_copy(snn):
 
 
 def _record(snn, cfg: FinetuneConfig, history: list, epoch: int) -> None:
-    acts = {m.layer_name: m for m in snn._acts()}
-    for info in snn.layers:  # the per-layer records follow the learned thresholds
-        info.theta = acts[info.name].theta
     snn.calibration = dict(getattr(snn, "calibration", None) or {})
     snn.calibration["finetune"] = {"epoch": epoch, "config": asdict(cfg), "history": history}
 

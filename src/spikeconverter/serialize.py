@@ -351,10 +351,8 @@ def _rebuild(tensors, doc, LayerInfo, SpikingNetwork, analyze):
     plan = analyze(gm)
     acts = {m.layer_name: m for m in gm.modules() if hasattr(m, "layer_name") and hasattr(m, "theta_map")}
     layers = []
-    for la in doc["layers"]:
-        theta = la["theta"] if la["theta"] is not None else acts[la["name"]].theta
-        layers.append(LayerInfo(la["name"], theta, la["beta"], la["phi"], la["cap"], la["neurons"], la["depth"],
-                                la["error"], la["group"]))
+    for la in doc["layers"]:  # theta, beta, phi and cap are the layer module's (LayerInfo reads them)
+        layers.append(LayerInfo(la["name"], acts[la["name"]], la["neurons"], la["depth"], la["error"], la["group"]))
     snn = SpikingNetwork(plan, net["method"], net["timesteps"], layers, tuple(net["input_shape"]),
                          net["input_coding"], net["threshold"])
     for p, cfg in doc["modules"].items():  # the constructor set every mode; the file's modes win
