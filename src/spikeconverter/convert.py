@@ -966,7 +966,7 @@ def _convert_bn_statistics(model, input_shape: tuple, synth: dict, kw: dict) -> 
                                              per_channel=per_channel and a not in mixed, cache=searched)
         m.theta = theta.reshape(m.theta_map.shape).to(m.theta_map) if torch.is_tensor(theta) else float(theta)
         m.shift = None
-        info.theta, info.error = m.theta, err
+        info.error = err  # theta is the module's (LayerInfo reads it)
     # opt-in (bias_correction=True): on the shipped networks it moved accuracy by -0.5 to +0.7 pp,
     # no better on balance -- the normal model's shape, not its mean, is what costs accuracy
     corrected = _bn_bias_corrections(plan, moments, shapes) if kw.get("bias_correction") is True else []
