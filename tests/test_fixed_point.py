@@ -67,3 +67,31 @@ def test_range_check():
     snn = sc.convert(model, torch.randn((8,) + shape, dtype=torch.float64), timesteps=8, fixed_point=True)
     with pytest.raises(ValueError, match="exact"):
         snn(torch.full((1,) + shape, 1e12, dtype=torch.float64))
+
+
+def test_a_region_is_finer_by_the_averages_it_holds():
+    """The grid of a region with a 2x2 average is finer than the same region with a 2x2 slice (no
+    average) by exactly log2(4) = 2 bits; the other regions' grids are the same."""
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+            self.pool, self.fc = pool, nn.Linear(4 * 4 * 4, 3)
+
+        def forward(self, x):
+            y = self.body(x)
+            y = self.pool(y) if self.pool is not None else y[:, :, ::2, ::2]
+            return self.fc(y.flatten(1))
+
+    torch.manual_seed(0)
+    avg = Head(nn.AvgPool2d(2)).double()
+    sliced = Head(None).double()
+    sliced.load_state_dict(avg.state_dict())
+    x = torch.randn(16, 3, 8, 8, dtype=torch.float64)
+    a = sc.convert(avg, x, timesteps=4, fixed_point=True)
+    b = sc.convert(sliced, x, timesteps=4, fixed_point=True)
+    ea, eb = [e for e, _, _ in a.exact_bounds], [e for e, _, _ in b.exact_bounds]
+    assert ea[:-1] == eb[:-1] and ea[-1] == eb[-1] + 2
+    assert_bit_exact(a, x[:3])
