@@ -74,7 +74,8 @@ def main() -> int:
               "`ndim` inside a BatchNorm+ReLU subclass and an `assert` on the input size; a head that pools only when "
               "the feature map is smaller than its kernel; a decoder that resizes to its skip's size when they differ "
               "(and compares whole shapes); an anti-aliasing blur kept as a buffer and a weight-standardised conv "
-              "(weights computed in forward()). The graph is traced specialised to the calibration input's shape: "
+              "(weights computed in forward()); a GhostNet-style channel split written with `torch.narrow` and a row kept with "
+              "`torch.select`. The graph is traced specialised to the calibration input's shape: "
               "asserts are checked once, branches take the branch that shape takes, constant filters become layers.",
               "",
               "| pattern | result | spiking layers | spiking depth L | latency at T = 8 (steps) "
@@ -84,7 +85,8 @@ def main() -> int:
     lines += ["", "## Leaky ReLU backbones", "",
               "LeakyReLU(0.1) in a CSP block (split the channels, residual Conv-BN-LeakyReLU on one half, concat, "
               "fuse), and PReLU (per channel and single) with a functional leaky_relu after a residual sum "
-              "(tests/test_leaky.py): two spiking populations per layer.", "",
+              "(tests/test_leaky.py): two spiking populations per layer. Also bit-exact in fixed point (slopes rounded to "
+              "12 significant bits) and in the integer bundle (tests/test_leaky.py, tests/test_export.py).", "",
               "| network | result | spiking layers | spiking depth L | latency at T = 8 (steps) "
               "| max abs logit gap: simulation vs twin / folded ANN vs eager model |",
               "|---|---|---|---|---|---|"]
