@@ -135,7 +135,7 @@ def test_float32_simulation_agrees_with_twin_almost_always():
 def test_mixed_betas_per_group_stay_identical():
     """Groups (layers whose spikes meet in one neuron) may use different beta: every neuron must
     accumulate with its senders' beta and generate with its own."""
-    from spikeconverter.convert import beta_groups
+    from spikeconverter.calibrate_graph import beta_groups
 
     model, shape = make("resnet_block", seed=12)
     g = torch.Generator().manual_seed(12)

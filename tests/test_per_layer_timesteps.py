@@ -195,7 +195,7 @@ def _selection(name, n=600, calib=64):
 
 def test_auto_T_descends_from_the_shortest_uniform_T_within_the_budget():
     from spikeconverter.allocate import choose_timesteps
-    from spikeconverter.convert import beta_groups
+    from spikeconverter.calibrate_graph import beta_groups
 
     model, calib, x, y = _selection("concat")
     s = choose_timesteps(model, calib, x, y, max_loss=1.0)

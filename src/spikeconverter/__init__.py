@@ -10,10 +10,11 @@
 __version__ = "0.1.0"
 
 from . import data, evaluate, graph, metrics, models, neuron, plot  # noqa: E402
-from .convert import LayerInfo, SpikingNetwork, convert  # noqa: E402
+from .convert import convert  # noqa: E402
 from .engine import SimulationResult  # noqa: E402
 from .errors import UnsupportedOperationError  # noqa: E402
 from .finetune import finetune  # noqa: E402
+from .network import LayerInfo, SpikingNetwork  # noqa: E402
 from .serialize import SnnFileError, load  # noqa: E402
 
 __all__ = ["LayerInfo", "SimulationResult", "SpikingNetwork", "SnnFileError", "UnsupportedOperationError", "convert",

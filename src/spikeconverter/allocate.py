@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .convert import beta_groups, convert
+from .calibrate_graph import beta_groups
+from .convert import convert
 from .schedule import schedule
 
 SCORING_IMAGES = 128  # the smooth divergence ranks moves; the accuracy budget uses every image

@@ -36,6 +36,18 @@ def resolve(name: str | None) -> torch.device:
     return dev
 
 
+def device_of(module) -> torch.device:
+    """Where a module computes: its parameters' device (the CPU when it has none)."""
+    param = next(iter(module.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def dtype_of(module) -> torch.dtype:
+    """A module's precision: its parameters' dtype (float32 when it has none)."""
+    param = next(iter(module.parameters()), None)
+    return param.dtype if param is not None else torch.float32
+
+
 def _mps() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

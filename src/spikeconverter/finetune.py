@@ -191,7 +191,8 @@ def finetune(model, train_data, timesteps: int | None = None, epochs: int = 2, *
 def _start(model, train_data, timesteps, calibration, out, resume, progress, cfg, source, convert_kw):
     """The network to train and where the run stands: resumed from ``out``, a copy of the
     SpikingNetwork given, or a fresh conversion. Returns (snn, cfg, history, first epoch, source)."""
-    from .convert import SpikingNetwork, convert
+    from .convert import convert
+    from .network import SpikingNetwork
 
     if resume and out is not None and out.exists():
         from .serialize import load
@@ -285,7 +286,7 @@ def _teacher(model, cfg: FinetuneConfig) -> nn.Module:
     """The float network the twin is distilled from: the model given, or the float ANN of the
     SpikingNetwork given (its weights as converted). Resuming needs it passed again: the run file
     holds the twin being trained, not its teacher."""
-    from .convert import SpikingNetwork
+    from .network import SpikingNetwork
 
     if model is None:
         raise ValueError("distillation needs the float model: pass it again when resuming")

@@ -307,7 +307,7 @@ def _build_module(path: str, cfg: dict, tensors: dict) -> nn.Module:
 
 def load(path):
     """The SpikingNetwork saved in ``path``, bit for bit, without the model's Python class."""
-    from .convert import LayerInfo, SpikingNetwork
+    from .network import LayerInfo, SpikingNetwork
     from .plan import analyze
 
     tensors, doc = read(path)
