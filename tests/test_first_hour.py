@@ -135,7 +135,9 @@ def test_sweep_makes_its_output_folders_and_keeps_the_json_when_the_plot_fails(t
         raise OSError("disk full")
 
     js.unlink()
-    monkeypatch.setattr(evaluate, "plot_sweep", broken)
+    from spikeconverter import reports
+
+    monkeypatch.setattr(reports, "plot_sweep", broken)  # where the command line draws it from
     assert main(["sweep", "--plot", str(plot), "--json", str(js), "--quiet"]) == 2
     assert js.exists()  # measured first, written before the plot
 

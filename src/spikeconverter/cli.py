@@ -77,7 +77,8 @@ def _T_text(T) -> str:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate, format_evaluate, write_json
+    from .evaluate import evaluate
+    from .reports import format_evaluate, write_json
 
     snn = getattr(args, "snn", None)
     if getattr(args, "finetuned", False):
@@ -113,7 +114,8 @@ def _make_parent_folders(*paths) -> None:
 
 
 def _sweep(args) -> int:
-    from .evaluate import format_sweep, plot_sweep, sweep, write_json
+    from .evaluate import sweep
+    from .reports import format_sweep, plot_sweep, write_json
 
     if args.plot:  # a bad file name fails now, not after the whole sweep
         from matplotlib.figure import Figure
@@ -144,7 +146,7 @@ def _model_and_calibration(args):
     """(the model with its weights on --device, its metadata, the calibration images -- or
     "data-free" with --data-free): what every converting command starts from."""
     from .device import resolve
-    from .evaluate import calibration_data, load_model, sized_kwargs
+    from .workload import calibration_data, load_model, sized_kwargs
 
     net, info = load_model(args.model, args.dataset, args.checkpoint)
     dev = resolve(args.device)
@@ -177,7 +179,7 @@ def _converted(args, net, calib, **kw):
     scheme = method_named(kw.get("method", "spikeconverter"))
     options = {k: v for k, v in _calibration(args).items() if v is not None} if scheme.calibration_options else {}
     if args.T == "auto":  # judged on held-out training images (none with --data-free)
-        from .evaluate import SELECTION_IMAGES, held_out_training, load_model, sized_kwargs
+        from .workload import SELECTION_IMAGES, held_out_training, load_model, sized_kwargs
 
         kw.update(max_loss=args.max_loss, latency=args.latency)
         if not isinstance(calib, str):
@@ -193,8 +195,9 @@ def _converted(args, net, calib, **kw):
 
 
 def _show(args) -> int:
-    from .evaluate import load_dataset, sized_kwargs
+    from .data import load_dataset
     from .plot import pipeline
+    from .workload import sized_kwargs
 
     if "." not in args.out or args.out.rsplit(".", 1)[-1].lower() not in ("png", "pdf", "svg"):
         raise ValueError(f"--out {args.out}: use a .png, .pdf or .svg file name")
@@ -231,7 +234,8 @@ def _convert(args) -> int:
 def _export(args) -> int:
     import numpy as np
 
-    from .evaluate import batches_of, fixed_subset, load_dataset, sized_kwargs
+    from .data import load_dataset
+    from .workload import batches_of, fixed_subset, sized_kwargs
 
     net, info, calib = _model_and_calibration(args)
     snn = _converted(args, net, calib, fixed_point=True,
@@ -258,9 +262,9 @@ def _finetune(args) -> int:
 
     from .data import load_dataset
     from .device import resolve
-    from .evaluate import calibration_data, fixed_subset, load_model, sized_kwargs
     from .finetune import FinetuneConfig, finetune
     from .train import balanced_subset
+    from .workload import calibration_data, fixed_subset, load_model, sized_kwargs
 
     if args.T == "auto":
         raise ValueError("finetune takes T per layer as numbers: choose them with `evaluate -T auto --max-loss PP` "

@@ -16,11 +16,26 @@ import torch
 from . import distributed
 from .convert import calibration_options, check_args, convert
 from .data import load_dataset
-from .data.datasets import ArrayDataset
 from .device import resolve as resolve_device
 from .methods import method_named
 from .metrics import ENERGY_CONVENTION, CostModel, Report, counting_bytes_per_image, neuron_spike_counts, report
-from .models import create, pretrained_checkpoint
+from .reports import format_evaluate, format_sweep, plot_sweep, write_json
+from .workload import (
+    SELECTION_IMAGES,
+    batches_of,
+    calibration_data,
+    data_digest,
+    file_ref,
+    fixed_subset,
+    held_out_training,
+    load_model,
+    sized_kwargs,
+)
+
+# what evaluate's callers import from here (the CLI, benchmarks, scripts): the loaders and the texts
+__all__ = ["PRECISIONS", "SELECTION_IMAGES", "batches_of", "calibration_data", "data_digest", "evaluate", "file_ref",
+           "fixed_subset", "format_evaluate", "format_sweep", "held_out_training", "load_dataset", "load_model",
+           "plot_sweep", "resolve_precision", "sized_kwargs", "sweep", "write_json"]
 
 CALIBRATION_KEYS = ("per_channel", "sequential", "bias_correction")
 # Spike counting holds every spiking layer's state for a whole batch at once
@@ -45,105 +60,9 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     return precision
 
 
-def load_model(name: str, dataset: str, checkpoint: str | None = None):
-    """The model with its weights (a checkpoint file, else the shipped one) in eval mode."""
-    from .checkpoint import load_weights
-
-    model = create(name, dataset=dataset)
-    path = Path(checkpoint) if checkpoint else pretrained_checkpoint(name, dataset)
-    if path is not None and path.suffix == ".snn":
-        from .serialize import is_network_file
-
-        if is_network_file(path):
-            raise ValueError(f"{path.name} is a converted network, not float weights: measure it with "
-                             f"evaluate --snn {path.name} (or spikeconverter.load in Python)")
-    meta = load_weights(model, path)
-    keys = ("arch", "dataset", "test_acc", "epochs", "image_size")
-    return model.eval(), {"checkpoint": _file_ref(path), **{k: meta.get(k) for k in keys}}
-
-
 def _plain(theta):
     """A threshold for JSON: a number, or per channel a list."""
     return theta.flatten().tolist() if hasattr(theta, "flatten") else theta
-
-
-def _file_ref(path: Path) -> str:
-    """A checkpoint as results name it: file name and content hash, never the machine's path."""
-    import hashlib
-
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return f"{Path(path).name} (sha256 {digest}...)"
-
-
-def sized_kwargs(dataset: str, info: dict) -> dict:
-    """Photos are evaluated at the side the checkpoint was trained at (its metadata says)."""
-    return {"image_size": info["image_size"]} if dataset == "imagenette" and info.get("image_size") else {}
-
-
-def fixed_subset(ds, n: int | None, seed: int):
-    """A fixed random subset (test sets are stored class by class: the first n would be one class)."""
-    if n is None or n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    if isinstance(ds, ArrayDataset):
-        out = ds.subset(None)
-        out.images, out.labels = ds.images[idx], ds.labels[idx]
-        return out
-    return torch.utils.data.Subset(ds, idx.tolist())
-
-
-def data_digest(ds) -> str | None:
-    """sha256 (first 16 hex digits) of a test set's decoded pixels and labels: when a published
-    figure drifts, this says whether the images differ (another decoder) or the arithmetic does.
-    None for datasets read lazily from folders (hashing them would decode every photo)."""
-    if not isinstance(ds, ArrayDataset):
-        return None
-    import hashlib
-
-    h = hashlib.sha256(ds.images.contiguous().numpy().tobytes())
-    h.update(ds.labels.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def batches_of(ds, batch_size: int, device=None):
-    """(x, y) batches of a test set, on ``device`` (None: where they are made, the CPU)."""
-    if isinstance(ds, ArrayDataset):
-        it = ((ds.normalize(ds.images[i : i + batch_size]), ds.labels[i : i + batch_size])
-              for i in range(0, len(ds), batch_size))
-    else:
-        it = iter(torch.utils.data.DataLoader(ds, batch_size=batch_size))
-    for x, y in it:
-        yield (x, y) if device is None else (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-
-
-def calibration_data(dataset: str, n: int, data_root=None, seed: int = 0, download: bool = False,
-                     **dataset_kw) -> torch.Tensor:
-    """``n`` training images (fixed random subset, no augmentation), normalised, as one tensor."""
-    if n < 1:
-        raise ValueError(f"--calibration must be >= 1, got {n}")
-    train = fixed_subset(load_dataset(dataset, "train", data_root, download=download, **dataset_kw), n, seed + 1)
-    return torch.cat([x for x, _ in batches_of(train, 512)])
-
-
-# held-out training images that judge a per-layer T search (-T auto). The judged loss is an estimate
-# whose standard error is about sqrt(flipped answers) / n: on ResNet-20 at T = 4, 1,024 images judged
-# 0.10 pp where 4,096 judged 0.81 and the 10,000 test images 0.76 (docs/results.md, Latency)
-SELECTION_IMAGES = 4096
-
-
-def held_out_training(dataset: str, n: int, skip: int, data_root=None, seed: int = 0, download: bool = False,
-                      **dataset_kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` training images and labels that ``calibration_data(dataset, skip, seed=seed)`` does not
-    use (the next ``n`` of the same fixed random order): what -T auto judges allocations on."""
-    train = load_dataset(dataset, "train", data_root, download=download, **dataset_kw)
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[skip : skip + n].sort().values
-    if isinstance(train, ArrayDataset):
-        out = train.subset(None)
-        out.images, out.labels = train.images[idx], train.labels[idx]
-    else:
-        out = torch.utils.data.Subset(train, idx.tolist())
-    xs, ys = zip(*batches_of(out, 512))
-    return torch.cat(xs), torch.cat(ys)
 
 
 def _progress(it, desc, total, quiet):
@@ -362,7 +281,7 @@ def _evaluate_file(path, timesteps, engine, checkpoint, limit, data_root, batch_
     test = fixed_subset(load_dataset(dataset, "test", data_root, download=download, **sized_kwargs(dataset, info)), limit, seed)
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, src.get("calibration_images"), engine, batch_size, quiet, compile, t0)}
-    out.update(phi=snn.layers[0].phi if snn.layers else None, snn_file=_file_ref(path),
+    out.update(phi=snn.layers[0].phi if snn.layers else None, snn_file=file_ref(path),
                source_checkpoint=src.get("checkpoint"),
                calibration_options={k: v for k, v in (getattr(snn, "calibration", None) or {}).items()
                                     if k in CALIBRATION_KEYS})
@@ -435,74 +354,6 @@ def _device_name(device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
-
-
-def format_evaluate(r: dict) -> str:
-    name = r["model"] or (f"your model ({r['snn_file'].split(' ')[0]})" if r.get("snn_file") else "your model")
-    calib = (f"{r['calibration_images']} training images" if r.get("calibration_images") is not None
-             else "not recorded in the file")
-    if r.get("data_free"):
-        d = r["data_free"]
-        if d.get("method") == "bn-statistics":
-            n_bn, rest = len(d["layers_from_bn_statistics"]), d["layers_from_synthesised_inputs"]
-            calib = (f"no images (data-free from BN statistics: {n_bn} of {n_bn + len(rest)} layers"
-                     + (f"; the other {len(rest)} on {d['images']} synthesised inputs" if rest else "")
-                     + f", {d['seconds']:.0f} s)")
-        else:
-            calib = (f"no images (data-free: {d['images']} inputs synthesised from batch-norm statistics, "
-                     f"{d['steps']} steps, {d['seconds']:.0f} s)")
-    rows = [
-        ("model / data", f"{name} / {r['dataset']} ({r['test_images']} test images; calibration: {calib})"),
-        ("method", f"{r['method']} (engine: {r['engine']}, beta={r['beta']:g}, threshold={r['threshold']}"
-                   + "".join(f", {k.replace('_', ' ')}" for k, v in r.get("calibration_options", {}).items() if v)
-                   + f", {r.get('precision', 'float32')}" + ")"),
-        ("ANN accuracy", f"{r['ann_accuracy']:.2f} %"),
-        ("SNN accuracy", f"{r['snn_accuracy']:.2f} %"),
-        ("difference", f"{r['difference_pp']:+.2f} pp"),
-    ]
-    if not method_named(r["method"]).pipelined:
-        rows += [("time steps", f"T = {r['timesteps']} (all layers at once)"),
-                 ("latency", f"{r['latency_steps']} steps end to end"),
-                 ("throughput", f"1 input / {r['steps_per_input']} steps")]
-    elif r.get("timesteps_per_layer"):
-        per = r["timesteps_per_layer"]
-        rows += [("time steps", f"per layer, {min(per.values())}-{max(per.values())}: "
-                                + " ".join(f"{k}={v}" for k, v in per.items()))]
-        search = r.get("timesteps_search")
-        if search:
-            budget = (f"within {search['budget']['max_loss_pp']} pp" if "max_loss_pp" in search["budget"]
-                      else f"within {search['budget']['latency_steps']} steps")
-            se = (f" +- {search['loss_se_pp']:.2f}", f" +- {search['loss_se_pp_converted']:.2f}") \
-                if "loss_se_pp" in search else ("", "")
-            rows += [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
-                                  f"{search['loss_pp']:+.2f}{se[0]} pp as searched, {search['loss_pp_converted']:+.2f}"
-                                  f"{se[1]} pp recalibrated for it (+- one standard error: an estimate from these "
-                                  f"images); kept: {search.get('network', 'recalibrated')} "
-                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s)")]
-        rows += [("latency", f"{r['latency_steps']} steps end to end (longest path, L = {r['spiking_depth']})"),
-                 ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined: the longest T)")]
-    else:
-        rows += [("time steps", f"T = {r['timesteps']} per phase"),
-                 ("latency", f"{r['latency_steps']} steps end to end ((L+1)*T, L = {r['spiking_depth']})"),
-                 ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined)")]
-    rows += [
-        ("spikes / image", f"{r['spikes']:,.0f}"),
-        ("SOPs / image", f"{r['sops']:,.0f}"),
-        ("SNN MACs / image", f"{r['snn_macs']:,.0f} (analog-input ops)"),
-        ("ANN MACs / image", f"{r['ann_macs']:,.0f}"),
-        ("op-count energy", f"SNN {r['energy_snn_uj']:.2f} uJ, float ANN {r['energy_ann_uj']:.2f} uJ "
-                           f"(ANN/SNN = {r['energy_ratio']:.2f}x)"),
-        ("energy convention", r["energy_convention"] + " (the ops-only proxy)"),
-    ]
-    if r.get("energy_model"):
-        from .energy import format_energy
-
-        rows += format_energy(r["energy_model"])
-    w = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def sweep(model: str = "resnet20", dataset: str = "cifar10", timesteps=(2, 3, 4, 5, 6, 8),
@@ -686,61 +537,3 @@ class _Progress:
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")  # a kill mid-write leaves the old file
         tmp.write_text(json.dumps(self.state, indent=1) + "\n")
         tmp.replace(self.path)
-
-
-def format_sweep(r: dict) -> str:
-    head = (f"{r['model']} / {r['dataset']}: ANN {r['ann_accuracy']:.2f} % on {r['test_images']} test images"
-            + (f" ({r['ann_accuracy_rate_images']:.2f} % on the {r['rate_images']} used for the rate baseline)"
-               if r["rate_images"] != r["test_images"] else "") + f"; {r.get('precision', 'float32')}")
-    lines = [head, f"{'method':<26}{'T':>5}{'latency':>9}{'accuracy':>10}{'diff pp':>9}{'spikes/img':>12}"
-                   f"{'SOPs/img':>14}{'energy uJ':>11}"]
-    for row in r["rows"]:
-        lines.append(f"{row['method']:<26}{row['timesteps']:>5}{row['latency_steps']:>9}{row['accuracy']:>10.2f}"
-                     f"{row['difference_pp']:>+9.2f}{row['spikes']:>12,.0f}{row['sops']:>14,.0f}"
-                     f"{row['energy_snn_uj']:>11.2f}")
-    lines.append(f"energy: {r['energy_convention']}")
-    return "\n".join(lines)
-
-
-def plot_sweep(r: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = []
-    for row in r["rows"]:
-        if row["method"] not in methods:
-            methods.append(row["method"])
-    for ax, key, label in ((axes[0], "timesteps", "time steps T (per phase for two-phase)"),
-                           (axes[1], "latency_steps", "end-to-end latency (steps)")):
-        for m in methods:
-            rows = [row for row in r["rows"] if row["method"] == m]
-            ax.plot([row[key] for row in rows], [row["accuracy"] for row in rows], marker="o", label=m)
-        ax.axhline(r["ann_accuracy"], color="k", linestyle="--", label=f"ANN {r['ann_accuracy']:.2f} %")
-        if r["rate_images"] != r["test_images"] and any(row["method"] == "rate" for row in r["rows"]):
-            # the rate baseline runs on a subset: its own ANN reference, so the curves compare fairly
-            ax.axhline(r["ann_accuracy_rate_images"], color="tab:green", linestyle=":",
-                       label=f"ANN {r['ann_accuracy_rate_images']:.2f} % on the rate subset ({r['rate_images']:,})")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, alpha=0.3)
-        # every point and every reference line inside the axes
-        refs = [r["ann_accuracy"], r["ann_accuracy_rate_images"]]
-        lo, hi = min(row["accuracy"] for row in r["rows"]), max(row["accuracy"] for row in r["rows"])
-        ax.set_ylim(max(0, min([lo] + refs) - 3), min(100.5, max([hi] + refs) + 1.5))
-    # below the axes, not on them: a legend inside covered points
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    fig.suptitle(f"{r['model']} / {r['dataset']}: accuracy vs time steps")
-    rows_of_legend = math.ceil(len(labels) / min(4, len(labels)))
-    fig.tight_layout(rect=(0, 0.03 + 0.04 * rows_of_legend, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_json(obj, path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
