@@ -125,6 +125,28 @@ def _judge_lines(stored: dict) -> list:
     return lines
 
 
+# issue 28's post-training targets: end-to-end steps within 0.5 pp of the ANN
+TARGETS = {"cifar10/resnet20": 85, "cifar10/vgg16": 50, "cifar10/mobilenet_v2": 150, "imagenette/resnet34": 150}
+
+
+def _target_lines(stored: dict, within: float = 0.5) -> list:
+    out = []
+    for key, target in TARGETS.items():
+        rows = [r for r in stored["rows"].get(key, []) if r["difference_pp"] >= -within]
+        if not stored["rows"].get(key):
+            out.append(f"{key} <= {target} steps: not measured yet")
+            continue
+        if not rows:
+            out.append(f"{key} <= {target} steps: no measured row within {within} pp")
+            continue
+        best = min(rows, key=lambda r: r["latency_steps"])
+        how = "uniform T" if best["kind"] == "uniform" else "T per layer"
+        verdict = "met" if best["latency_steps"] <= target else f"missed by {best['latency_steps'] - target} steps"
+        out.append(f"{key} <= {target} steps: {best['latency_steps']} ({how}, {best['difference_pp']:+.2f} pp): {verdict}")
+    return ["", f"Targets (post-training, within {within} pp of the ANN on the test images; one calibration sample, the "
+            "issue asks for the worst of three): " + "; ".join(out) + "."]
+
+
 README_AFTER = "published losses: [docs/results.md](docs/results.md#fine-tuning-for-few-time-steps)."
 
 
@@ -170,6 +192,7 @@ def render(stored: dict) -> None:
     over = [-r["difference_pp"] - r["budget"] for r in auto]
     span = f"{min(over):+.2f}" if auto and min(over) == max(over) else (f"{min(over):+.2f} to {max(over):+.2f}" if auto else "")
     lines += ["", f"On the test images the auto rows ended {span} pp beyond their budgets (negative: within)." if auto else ""]
+    lines += _target_lines(stored)
     lines += _judge_lines(stored)
     lines += ["", "Each row is `spikeconverter evaluate --model M -T T` or `-T auto --max-loss PP` with every other "
               "default (float64, all test images); the search judges its budget as accuracy loss against the float "
