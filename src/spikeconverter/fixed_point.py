@@ -64,14 +64,18 @@ def _theta_max(act) -> float:
     return float(act.theta.max()) if act.per_channel else act.theta
 
 
+def _signal_calls(region, env):
+    """(node, its arguments' values, its keyword arguments' values) of every node of the region that
+    computes a signal, not a shape. ``env``: every node's value (one pass)."""
+    for n in region.nodes:
+        if not n.meta.get("shape_value"):
+            yield n, fx.node.map_arg(n.args, lambda a: env[a]), fx.node.map_arg(n.kwargs, lambda a: env[a])
+
+
 def _problems(gm, region, env) -> None:
     """Refuse what the dyadic grid cannot hold exactly (ops.fixed_point_problem: averages over
-    non-powers of two, scales, non-nearest interpolation). ``env``: every node's value (one pass)."""
-    for n in region.nodes:
-        if n.meta.get("shape_value"):
-            continue
-        args = fx.node.map_arg(n.args, lambda a: env[a])
-        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+    non-powers of two, scales, non-nearest interpolation)."""
+    for n, args, kwargs in _signal_calls(region, env):
         why = ops.fixed_point_problem(gm, n, args, kwargs)
         if why:
             raise ValueError(f"fixed_point: {ops.describe(gm, n)}: {why}")
@@ -106,11 +110,7 @@ def _averaging_bits(gm, region, env) -> int:
     (a power of two, _problems checked), summed over the region's averaging nodes (averages in
     series divide in turn)."""
     bits = 0
-    for n in region.nodes:
-        if n.meta.get("shape_value"):
-            continue
-        args = fx.node.map_arg(n.args, lambda a: env[a])
-        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+    for n, args, kwargs in _signal_calls(region, env):
         d = ops.averaging_divisors(gm, n, args, kwargs)
         if d is not None:
             bits += int(math.log2(float(d.max())))
