@@ -328,14 +328,20 @@ class Bundle:
         """Spike-coded input: ON spikes code x+, OFF spikes x-, each a greedy train; ON - OFF."""
         th = self.dy(f"{name}.theta")
         v = add(xin, self.dy(f"{name}.shift")) if "shift" in layer else xin
-        off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
+        off = self._offset(name, layer, T, b2)
         return generate(add(v, off), th, T, b2) - generate(add(Dy(-v.a, v.e), off), th, T, b2)
+
+    def _offset(self, name: str, layer: dict, T: int, b2: bool) -> Dy:
+        """The layer's offset phi theta beta^-T (phi = 1/2, at its own T), or 0."""
+        if not layer["phi"]:
+            return Dy(0, 0)
+        th = self.dy(f"{name}.theta")
+        return Dy(th.a, th.e + (T if b2 else 0) + 1)
 
     def _off_start(self, name: str, layer: dict, v: Dy, T: int, b2: bool) -> Dy:
         """A leaky layer's OFF population starts its generate phase at -slope * (v - offset) + offset:
         it codes -slope * z with the layer's threshold (its input weights are -slope times the ON's)."""
-        th = self.dy(f"{name}.theta")
-        off = Dy(th.a, th.e + (T if b2 else 0) + 1) if layer["phi"] else Dy(0, 0)
+        off = self._offset(name, layer, T, b2)
         z, s = add(v, off, -1), self.dy(f"{name}.slope")
         if z.a.size and s.a.size and int(np.abs(z.a).max()) * int(np.abs(s.a).max()) >= LIMIT:
             raise OverflowError("a potential leaves int64's range: use fewer time steps")
@@ -364,9 +370,8 @@ class Bundle:
         if layer is not None:
             if "shift" in layer:
                 v = add(v, self.dy(f"{name}.shift"))
-            if layer["phi"]:  # phi theta beta^-T, phi = 1/2, at the layer's own T
-                th = self.dy(f"{name}.theta")
-                v = add(v, Dy(th.a, th.e + (T if b2 else 0) + 1))
+            if layer["phi"]:
+                v = add(v, self._offset(name, layer, T, b2))
         v = Dy(v.a, v.e + (n if b2 else 0))  # scaled by beta^-n: n accumulate steps bring it back
         for t in range(n):
             vals, active = {}, False
