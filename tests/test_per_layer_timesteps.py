@@ -354,3 +354,29 @@ def test_evaluate_report_shows_the_per_layer_T_and_how_they_were_chosen():
     assert "per layer, 3-4: a=4 b=3" in text and "11 steps end to end (longest path" in text
     assert "within 0.5 pp, on 1024 held-out training images" in text
     assert "loss +0.40 +- 0.21 pp as searched, +0.60 +- 0.23 pp recalibrated" in text
+    assert "one T for all layers kept" not in text
+    # a latency budget whose uniform T beat the mixed allocation found: the report says so
+    del r["timesteps_per_layer"]
+    r["timesteps_search"].update(budget={"latency_steps": 12}, steps=[
+        dict(latency=15, loss_pp=0.1, timesteps={"a": 5, "b": 5}), dict(latency=12, loss_pp=0.9, timesteps={"a": 5, "b": 3}),
+        dict(latency=12, loss_pp=0.4, timesteps={"a": 4, "b": 4}, uniform=True)])
+    text = format_evaluate(r)
+    assert "T = 4 per phase" in text and "within 12 steps" in text
+    assert "one T for all layers kept: the best mixed allocation found lost more (latency 12, +0.90 pp)" in text
+
+
+def test_a_latency_budget_that_a_uniform_T_fits_exactly_still_tries_mixed_T():
+    """Budget = uniform T = 3's latency: the descent starts over it (uniform T = 4), mixes T to get
+    within it, and the result is whichever of that and uniform T = 3 loses less on the selection."""
+    from spikeconverter.allocate import choose_timesteps
+
+    model, calib, x, y = _selection("concat")
+    budget = sc.convert(model, calib, timesteps=3).latency_steps
+    s = choose_timesteps(model, calib, x, y, latency=budget)
+    descent = [st for st in s.steps if not st.get("uniform")]
+    assert set(descent[0]["timesteps"].values()) == {4} and descent[0]["latency"] > budget
+    assert descent[-1]["latency"] <= budget and len(set(descent[-1]["timesteps"].values())) > 1
+    uniform = [st for st in s.steps if st.get("uniform")]
+    assert len(uniform) == 1 and set(uniform[0]["timesteps"].values()) == {3}
+    kept = uniform[0] if uniform[0]["loss_pp"] <= descent[-1]["loss_pp"] else descent[-1]
+    assert s.timesteps == kept["timesteps"] and s.loss_pp == kept["loss_pp"] and s.latency <= budget

@@ -13,11 +13,14 @@ The search (greedy descent, documented in docs/method.md):
 1. Thresholds per layer and T come from uniform-T conversions (one per T tried), so trying an
    allocation costs one forward pass of the exact twin, not a calibration.
 2. Start: with ``max_loss``, the smallest uniform T whose loss on the selection images is within
-   the budget; with ``latency``, the smallest uniform T whose latency reaches the budget.
+   the budget; with ``latency``, the smallest uniform T whose latency is over the budget (so the
+   descent mixes T: a uniform T that fits exactly would leave nothing to choose).
 3. Each round scores every move that shortens the latency by its divergence from the float ANN
    (mean KL of the softmax outputs on a small scoring subset) per step saved, takes the best one
    whose accuracy loss on all selection images stays within ``max_loss`` (trying at most three),
    and stops when none does (``max_loss``) or once the latency is within budget (``latency``).
+   With ``latency`` the allocation found is then judged against the longest uniform T within the
+   budget, and the one with the smaller loss on the selection images is kept.
 The chosen allocation is then converted again, calibrated with mixed T (convert.py); of that
 network and the one the search judged (thresholds of the uniform conversions) the one with the
 smaller loss on the selection images is returned -- both are exact spiking networks -- and both
@@ -150,12 +153,12 @@ class _Allocations:
 
 
 def _starting_T(judge: _Judge, allocs: _Allocations, candidates, max_loss, latency) -> int:
-    """The smallest uniform T within the loss budget, or whose latency reaches the latency budget."""
+    """The smallest uniform T within the loss budget, or whose latency is over the latency budget."""
     for T in candidates:
         if max_loss is not None:
             if judge.loss(allocs.uniform(T)) <= max_loss:
                 return T
-        elif allocs.latency([T] * len(allocs.spikers)) >= latency:
+        elif allocs.latency([T] * len(allocs.spikers)) > latency:
             return T
     if max_loss is not None:
         raise ValueError(f"no uniform T up to {candidates[-1]} is within {max_loss} pp on the selection images; "
@@ -177,6 +180,22 @@ def _moves(judge: _Judge, allocs: _Allocations, alloc, cur, lowest) -> list:
         div = judge.divergence(allocs.apply(new))
         moves.append(((div - cur["divergence"]) / saved, new, div))
     return sorted(moves, key=lambda m: m[0])
+
+
+def _against_uniform(judge: _Judge, allocs: _Allocations, candidates, latency, alloc, cur, steps) -> tuple:
+    """The descent's allocation or the longest uniform T within the latency budget, whichever loses
+    less on the selection images (ties: the uniform T, the simpler network). The uniform T's row is
+    added to ``steps`` with ``"uniform": True`` so the report shows what was compared."""
+    n = len(allocs.spikers)
+    fits = [T for T in candidates if allocs.latency([T] * n) <= latency]
+    if not fits or len(set(alloc)) == 1:
+        return alloc, cur
+    T = fits[-1]
+    uni = [T] * n
+    net = allocs.apply(uni)
+    other = dict(latency=allocs.latency(uni), loss_pp=judge.loss(net), divergence=judge.divergence(net))
+    steps.append(dict(other, timesteps=allocs.named(uni), uniform=True))
+    return (uni, other) if other["loss_pp"] <= cur["loss_pp"] else (alloc, cur)
 
 
 def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Tensor, *,
@@ -219,6 +238,8 @@ def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Ten
     if latency is not None and cur["latency"] > latency:
         raise ValueError(f"no allocation with T >= {candidates[0]} reaches a latency of {latency} steps "
                          f"(shortest found: {cur['latency']})")
+    if latency is not None:
+        alloc, cur = _against_uniform(judge, allocs, candidates, latency, alloc, cur, steps)
     work = allocs.apply(alloc)  # the chosen allocation (the last move tried may have been refused)
     search = Search(allocs.named(alloc), cur["latency"], cur["loss_pp"], judge.standard_error(work), steps, judge.count,
                     round(time.time() - t0, 1), len(images),

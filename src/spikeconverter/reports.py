@@ -10,6 +10,29 @@ from pathlib import Path
 from .methods import method_named
 
 
+def _search_rows(search: dict | None, uniform: bool) -> list:
+    """How -T auto chose: the budget, the judged loss (+- its standard error) and the search's cost;
+    when one T for all layers won, say so (the search may keep it: max_loss found no move within
+    budget, or a latency budget's uniform T lost less than the mixed allocation found)."""
+    if not search:
+        return []
+    budget = (f"within {search['budget']['max_loss_pp']} pp" if "max_loss_pp" in search["budget"]
+              else f"within {search['budget']['latency_steps']} steps")
+    se = (f" +- {search['loss_se_pp']:.2f}", f" +- {search['loss_se_pp_converted']:.2f}") \
+        if "loss_se_pp" in search else ("", "")
+    mixed = [st for st in search.get("steps", []) if not st.get("uniform") and len(set(st["timesteps"].values())) > 1]
+    won = ""
+    if uniform:
+        won = ("; one T for all layers kept: " + (
+            f"the best mixed allocation found lost more (latency {mixed[-1]['latency']}, {mixed[-1]['loss_pp']:+.2f} pp)"
+            if mixed else "no per-layer move stayed within the budget"))
+    return [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
+                         f"{search['loss_pp']:+.2f}{se[0]} pp as searched, {search['loss_pp_converted']:+.2f}"
+                         f"{se[1]} pp recalibrated for it (+- one standard error: an estimate from these "
+                         f"images); kept: {search.get('network', 'recalibrated')}{won} "
+                         f"({search['evaluations']} evaluations, {search['seconds']:.0f} s)")]
+
+
 def format_evaluate(r: dict) -> str:
     name = r["model"] or (f"your model ({r['snn_file'].split(' ')[0]})" if r.get("snn_file") else "your model")
     calib = (f"{r['calibration_images']} training images" if r.get("calibration_images") is not None
@@ -41,22 +64,13 @@ def format_evaluate(r: dict) -> str:
         per = r["timesteps_per_layer"]
         rows += [("time steps", f"per layer, {min(per.values())}-{max(per.values())}: "
                                 + " ".join(f"{k}={v}" for k, v in per.items()))]
-        search = r.get("timesteps_search")
-        if search:
-            budget = (f"within {search['budget']['max_loss_pp']} pp" if "max_loss_pp" in search["budget"]
-                      else f"within {search['budget']['latency_steps']} steps")
-            se = (f" +- {search['loss_se_pp']:.2f}", f" +- {search['loss_se_pp_converted']:.2f}") \
-                if "loss_se_pp" in search else ("", "")
-            rows += [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
-                                  f"{search['loss_pp']:+.2f}{se[0]} pp as searched, {search['loss_pp_converted']:+.2f}"
-                                  f"{se[1]} pp recalibrated for it (+- one standard error: an estimate from these "
-                                  f"images); kept: {search.get('network', 'recalibrated')} "
-                                  f"({search['evaluations']} evaluations, {search['seconds']:.0f} s)")]
+        rows += _search_rows(r.get("timesteps_search"), uniform=False)
         rows += [("latency", f"{r['latency_steps']} steps end to end (longest path, L = {r['spiking_depth']})"),
                  ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined: the longest T)")]
     else:
-        rows += [("time steps", f"T = {r['timesteps']} per phase"),
-                 ("latency", f"{r['latency_steps']} steps end to end ((L+1)*T, L = {r['spiking_depth']})"),
+        rows += [("time steps", f"T = {r['timesteps']} per phase")]
+        rows += _search_rows(r.get("timesteps_search"), uniform=True)
+        rows += [("latency", f"{r['latency_steps']} steps end to end ((L+1)*T, L = {r['spiking_depth']})"),
                  ("throughput", f"1 input / {r['steps_per_input']} steps (pipelined)")]
     rows += [
         ("spikes / image", f"{r['spikes']:,.0f}"),
