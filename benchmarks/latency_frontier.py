@@ -14,6 +14,10 @@ section and the plot docs/latency_frontier_<model>.png from the JSON alone.
 and on the 4,096 it judges on now (`held_out_training(n)`: the next n of the fixed random order,
 so the two sets overlap), beside the loss on every test image.
 
+Fine-tuned rows: `--add` takes `evaluate --snn FILE --json` of a network that `finetune` wrote
+(T per layer: the allocation a search printed); the shipped fine-tuned networks (one T) are read
+from docs/finetune.json at render time, not copied. `--add` also takes `-T auto --latency N` rows.
+
 Published points are drawn as such -- losses their authors report for their own ANNs (trained for
 conversion) and data, not measured here.
 """
@@ -44,11 +48,40 @@ def _row(r: dict, kind: str, budget) -> dict:
     return dict(kind=kind, budget=budget, timesteps=r["timesteps"], timesteps_per_layer=r.get("timesteps_per_layer"),
                 latency_steps=r["latency_steps"], accuracy=r["snn_accuracy"], ann_accuracy=r["ann_accuracy"],
                 difference_pp=r["difference_pp"], spikes=r["spikes"], images=r["test_images"],
-                precision=r["precision"], search_loss_pp=search.get("loss_pp"),
+                precision=r.get("precision", "float32"), search_loss_pp=search.get("loss_pp"),
                 search_loss_se_pp=search.get("loss_se_pp"), search_images=search.get("images"),
                 search_loss_pp_converted=search.get("loss_pp_converted"), search_network=search.get("network"),
                 search_seconds=search.get("seconds"),
-                search_evaluations=search.get("evaluations"), seconds_convert=r["seconds_convert"])
+                search_evaluations=search.get("evaluations"), seconds_convert=r["seconds_convert"],
+                **({"snn_file": r.get("snn_file"), "finetune": r["finetune"]} if "finetune" in r else {}))
+
+
+def _kind(r: dict) -> tuple:
+    """(kind, budget) of an `evaluate --json` result: a fine-tuned network file (budget: its
+    latency), -T auto with a loss or a latency budget, or one T for all layers."""
+    search = r.get("timesteps_search")
+    if "finetune" in r:
+        return ("fine-tuned mixed" if r.get("timesteps_per_layer") else "fine-tuned"), r["latency_steps"]
+    if search and "max_loss_pp" in search["budget"]:
+        return "auto max-loss", search["budget"]["max_loss_pp"]
+    if search:
+        return "auto latency", search["budget"]["latency_steps"]
+    return "uniform", r["timesteps"]
+
+
+def finetuned_rows(key: str) -> list:
+    """The shipped fine-tuned networks' rows (one T for all layers) from docs/finetune.json, measured
+    by benchmarks/finetune_results.py -- drawn beside this frontier, not re-measured here."""
+    path = readme_headline.DOCS / "finetune.json"
+    if not path.exists():
+        return []
+    dataset, model = key.split("/")
+    if dataset != "cifar10":
+        return []
+    rows = json.loads(path.read_text())["models"].get(model, {}).get("rows", [])
+    return [dict(kind="fine-tuned", budget=r["latency_steps"], timesteps=r["timesteps"], timesteps_per_layer=None,
+                 latency_steps=r["latency_steps"], difference_pp=r["difference_pp"], images=r["images"],
+                 source="docs/finetune.json", epochs=r.get("epochs")) for r in rows if r["method"] == "fine-tuned"]
 
 
 def measure(model: str, dataset: str, uniform, losses, stored: dict) -> None:
@@ -125,27 +158,61 @@ def _judge_lines(stored: dict) -> list:
     return lines
 
 
-# issue 28's post-training targets: end-to-end steps within 0.5 pp of the ANN
+# issue 28's targets: end-to-end steps within 0.5 pp of the ANN, post-training and fine-tuned
 TARGETS = {"cifar10/resnet20": 85, "cifar10/vgg16": 50, "cifar10/mobilenet_v2": 150, "imagenette/resnet34": 150}
+FINETUNED_TARGETS = {"cifar10/resnet20": 60, "cifar10/vgg16": 35}
+POST_TRAINING = ("uniform", "auto max-loss", "auto latency")
+STYLE = {  # kind: (marker and line, legend)
+    "uniform": ("o-", "one T for all layers"),
+    "auto max-loss": ("s", "T per layer (auto, loss budget)"),
+    "auto latency": ("D", "T per layer (auto, latency budget)"),
+    "fine-tuned": ("v--", "fine-tuned, one T (docs/finetune.json)"),
+    "fine-tuned mixed": ("P", "fine-tuned, T per layer"),
+}
+
+
+def _all_rows(stored: dict, key: str) -> list:
+    return stored["rows"].get(key, []) + finetuned_rows(key)
+
+
+def _what(r: dict) -> str:
+    kept = "" if r["timesteps_per_layer"] else f", one T = {r['timesteps']} kept"
+    return {"uniform": f"T = {r['timesteps']}",
+            "auto max-loss": f"auto within {r['budget']} pp{kept}",
+            "auto latency": f"auto within {r['budget']} steps{kept}",
+            "fine-tuned": f"fine-tuned at T = {r['timesteps']}",
+            "fine-tuned mixed": "fine-tuned with T per layer"}[r["kind"]]
+
+
+def _verdict(rows: list, target: int, within: float) -> str:
+    """The shortest row within ``within`` pp against the target; when missed, by how many steps and
+    how far the best row within the target's latency is from the loss budget."""
+    if not rows:
+        return "not measured yet"
+    ok = [r for r in rows if r["difference_pp"] >= -within]
+    short = [r for r in rows if r["latency_steps"] <= target]
+    near = max(short, key=lambda r: r["difference_pp"]) if short else None
+    at_target = (f"; within {target} steps the best measured is {near['difference_pp']:+.2f} pp ({_what(near)}, "
+                 f"{near['latency_steps']} steps)" if near else "")
+    if not ok:
+        return f"no measured row within {within} pp yet" + at_target
+    best = min(ok, key=lambda r: r["latency_steps"])
+    if best["latency_steps"] <= target:
+        return f"**met**: {best['latency_steps']} steps ({_what(best)}, {best['difference_pp']:+.2f} pp)"
+    return (f"missed by {best['latency_steps'] - target} steps (shortest within {within} pp: {best['latency_steps']}, "
+            f"{_what(best)}, {best['difference_pp']:+.2f} pp)" + at_target)
 
 
 def _target_lines(stored: dict, within: float = 0.5) -> list:
-    out = []
+    lines = ["", f"Targets (within {within} pp of the ANN on the test images; one calibration sample, the issue asks "
+             "for the worst of three):", ""]
     for key, target in TARGETS.items():
-        rows = [r for r in stored["rows"].get(key, []) if r["difference_pp"] >= -within]
-        if not stored["rows"].get(key):
-            out.append(f"{key} <= {target} steps: not measured yet")
-            continue
-        if not rows:
-            out.append(f"{key} <= {target} steps: no measured row within {within} pp yet (rows up to "
-                       f"{max(r['latency_steps'] for r in stored['rows'][key])} steps)")
-            continue
-        best = min(rows, key=lambda r: r["latency_steps"])
-        how = "uniform T" if best["kind"] == "uniform" else "T per layer"
-        verdict = "met" if best["latency_steps"] <= target else f"missed by {best['latency_steps'] - target} steps"
-        out.append(f"{key} <= {target} steps: {best['latency_steps']} ({how}, {best['difference_pp']:+.2f} pp): {verdict}")
-    return ["", f"Targets (post-training, within {within} pp of the ANN on the test images; one calibration sample, the "
-            "issue asks for the worst of three): " + "; ".join(out) + "."]
+        rows = [r for r in stored["rows"].get(key, []) if r["kind"] in POST_TRAINING]
+        lines.append(f"- {key}, post-training, <= {target} steps: {_verdict(rows, target, within)}")
+    for key, target in FINETUNED_TARGETS.items():
+        rows = [r for r in _all_rows(stored, key) if r["kind"] not in POST_TRAINING]
+        lines.append(f"- {key}, fine-tuned, <= {target} steps: {_verdict(rows, target, within)}")
+    return lines
 
 
 README_AFTER = "published losses: [docs/results.md](docs/results.md#fine-tuning-for-few-time-steps)."
@@ -153,59 +220,71 @@ README_AFTER = "published losses: [docs/results.md](docs/results.md#fine-tuning-
 
 def _readme_block(stored: dict, within: float = 0.5) -> str:
     """One line per network: the shortest measured end-to-end latency within ``within`` pp of the
-    ANN on the test images, with one T for all layers and with T per layer (-T auto)."""
-    def best(rows, kind):
-        mine = [r for r in rows if (r["kind"] == "uniform") == (kind == "uniform")]
-        ok = [r for r in mine if r["difference_pp"] >= -within]
-
-        def what(r):
-            return f"T = {r['timesteps']}" if kind == "uniform" else f"auto, budget {r['budget']} pp"
-
+    ANN on the test images, with one T for all layers, with T per layer (-T auto), fine-tuned."""
+    def best(rows):
+        ok = [r for r in rows if r["difference_pp"] >= -within]
         if not ok:
-            longest = max(mine, key=lambda r: r["latency_steps"])
+            longest = max(rows, key=lambda r: r["latency_steps"])
             return (f"none of the measured within {within} pp (longest measured: {longest['latency_steps']} steps, "
-                    f"{what(longest)}, {longest['difference_pp']:+.2f} pp)")
+                    f"{_what(longest)}, {longest['difference_pp']:+.2f} pp)")
         r = min(ok, key=lambda r: r["latency_steps"])
-        return f"**{r['latency_steps']} steps** ({what(r)}, {r['difference_pp']:+.2f} pp)"
+        return f"**{r['latency_steps']} steps** ({_what(r)}, {r['difference_pp']:+.2f} pp)"
 
-    lines = [f"End-to-end latency within {within} pp of the float ANN (all test images, post-training; "
+    lines = [f"End-to-end latency within {within} pp of the float ANN (all test images; "
              "[docs/results.md](docs/results.md#latency-time-steps-per-layer), `python benchmarks/latency_frontier.py "
              "--render`):", ""]
-    for key, rows in stored["rows"].items():
+    for key in stored["rows"]:
         dataset, model = key.split("/")
-        auto = any(r["kind"] != "uniform" for r in rows)
-        lines.append(f"- {model} ({dataset}): one T for all layers {best(rows, 'uniform')}; T per layer "
-                     + (best(rows, "auto") if auto else "not measured yet"))
+        rows = _all_rows(stored, key)
+        parts = []
+        for label, kinds in (("one T for all layers", ("uniform",)), ("T per layer", ("auto max-loss", "auto latency")),
+                             ("fine-tuned", ("fine-tuned", "fine-tuned mixed"))):
+            mine = [r for r in rows if r["kind"] in kinds]
+            if mine or label != "fine-tuned":
+                parts.append(f"{label} " + (best(mine) if mine else "not measured yet"))
+        lines.append(f"- {model} ({dataset}): " + "; ".join(parts))
     return "\n".join(lines)
 
 
+def _search_cells(r: dict) -> tuple:
+    if r.get("source"):
+        return f"- (from {r['source']})", "-"
+    if r.get("finetune"):
+        return f"- ({r['finetune'].get('epochs')} epochs of fine-tuning)", "-"
+    se = f" +- {r['search_loss_se_pp']:.2f}" if r.get("search_loss_se_pp") is not None else ""
+    kept = {"calibrated for the allocation": "recalibrated"}.get(r.get("search_network"), "searched")
+    search = (f"{r['search_loss_pp']:+.2f}{se} as searched, {r['search_loss_pp_converted']:+.2f} recalibrated; "
+              f"kept: {kept}; {r.get('search_images') or 1024} images" if r.get("search_loss_pp") is not None else "-")
+    cost = (f"{r['search_evaluations']} evaluations, {r['search_seconds']:.0f} s"
+            if r.get("search_seconds") is not None else "-")
+    return search, cost
+
+
 def render(stored: dict) -> None:
-    lines = ["| data / model | T | budget (judged on training images) | latency (steps) | SNN - ANN (pp, test) "
+    lines = ["| data / model | how | T | latency (steps) | SNN - ANN (pp, test) "
              "| loss in the search (training images) | search cost |", "|---|---|---|---|---|---|---|"]
-    for key, rows in stored["rows"].items():
-        for r in sorted(rows, key=lambda r: r["latency_steps"]):
+    for key in stored["rows"]:
+        for r in sorted(_all_rows(stored, key), key=lambda r: (r["kind"] not in POST_TRAINING, r["latency_steps"])):
             per = r["timesteps_per_layer"]
             T = f"per layer {min(per.values())}-{max(per.values())}" if per else str(r["timesteps"])
-            budget = f"<= {r['budget']} pp" if r["kind"] != "uniform" else "-"
-            kept = {"calibrated for the allocation": "recalibrated"}.get(r.get("search_network"), "searched")
-            se = f" +- {r['search_loss_se_pp']:.2f}" if r.get("search_loss_se_pp") is not None else ""
-            search = (f"{r['search_loss_pp']:+.2f}{se} as searched, {r['search_loss_pp_converted']:+.2f} recalibrated; "
-                      f"kept: {kept}; {r.get('search_images') or 1024} images" if r["search_loss_pp"] is not None else "-")
-            cost = (f"{r['search_evaluations']} evaluations, {r['search_seconds']:.0f} s"
-                    if r["search_seconds"] is not None else "-")
-            lines.append(f"| {key} | {T} | {budget} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {search} "
+            how = {"uniform": "one T"}.get(r["kind"], _what(r).replace(f" at T = {r['timesteps']}", ""))
+            search, cost = _search_cells(r)
+            lines.append(f"| {key} | {how} | {T} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {search} "
                          f"| {cost} |")
-    auto = [r for rows in stored["rows"].values() for r in rows if r["kind"] != "uniform"]
+    auto = [r for rows in stored["rows"].values() for r in rows if r["kind"] == "auto max-loss"]
     over = [-r["difference_pp"] - r["budget"] for r in auto]
     span = f"{min(over):+.2f}" if auto and min(over) == max(over) else (f"{min(over):+.2f} to {max(over):+.2f}" if auto else "")
-    lines += ["", f"On the test images the auto rows ended {span} pp beyond their budgets (negative: within)." if auto else ""]
+    lines += ["", f"On the test images the rows with a loss budget ended {span} pp beyond their budgets (negative: "
+              "within)." if auto else ""]
     lines += _target_lines(stored)
     lines += _judge_lines(stored)
-    lines += ["", "Each row is `spikeconverter evaluate --model M -T T` or `-T auto --max-loss PP` with every other "
-              "default (float64, all test images); the search judges its budget as accuracy loss against the float "
-              "ANN on held-out *training* images (the number in the row's search column; +- one paired standard "
-              "error), an estimate: the test loss can exceed the budget, and the table shows by how much. "
-              "Published points (plot only): "
+    lines += ["", "Each post-training row is `spikeconverter evaluate --model M -T T` or `-T auto --max-loss PP` / "
+              "`--latency N` with every other default (float64, all test images); the search judges its budget as "
+              "accuracy loss against the float ANN on held-out *training* images (the number in the row's search "
+              "column; +- one paired standard error), an estimate: the test loss can exceed the budget, and the table "
+              "shows by how much. Fine-tuned rows with T per layer: `spikeconverter finetune -T <the T a search "
+              "printed>` then `evaluate --snn FILE` (docs/training.md); fine-tuned rows with one T are the shipped "
+              "networks of docs/finetune.json. Published points (plot only): "
               + "; ".join(f"{p[0]}: {p[3]:+.2f} pp at {p[4]} steps on {p[1]}/{p[2]}" for p in PUBLISHED)
               + f". Machine: {stored.get('machine')}. Regenerate: `python benchmarks/latency_frontier.py --render`."]
     _common.replace_section(readme_headline.DOCS / "results.md", "latency", "\n".join(lines),
@@ -216,13 +295,14 @@ def render(stored: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for key, rows in stored["rows"].items():
+    for key in stored["rows"]:
         dataset, model = key.split("/")
+        rows = _all_rows(stored, key)
         fig, ax = plt.subplots(figsize=(6, 4.8))
-        for kind, style in (("uniform", "o-"), ("auto max-loss", "s")):
+        for kind, (style, label) in STYLE.items():
             pts = sorted((r["latency_steps"], r["difference_pp"]) for r in rows if r["kind"] == kind)
             if pts:
-                ax.plot(*zip(*pts), style, label="one T for all layers" if kind == "uniform" else "T per layer (auto)")
+                ax.plot(*zip(*pts), style, label=label)
         for label, m, d, loss, steps in PUBLISHED:
             if (m, d) == (model, dataset):
                 ax.plot([steps], [loss], "k^", label=f"published: {label}")
@@ -233,7 +313,7 @@ def render(stored: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: no point hidden
         fig.tight_layout()
-        fig.savefig(readme_headline.DOCS / f"latency_frontier_{model}.png", dpi=110)
+        fig.savefig(readme_headline.DOCS / f"latency_frontier_{model}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
 
 
@@ -257,8 +337,7 @@ def main() -> None:
     stored = json.loads(PATH.read_text()) if PATH.exists() else {"rows": {}}
     for f in args.add:
         r = json.loads(open(f).read())
-        search = r.get("timesteps_search")
-        kind, budget = ("auto max-loss", search["budget"]["max_loss_pp"]) if search else ("uniform", r["timesteps"])
+        kind, budget = _kind(r)
         rows = stored["rows"].setdefault(f"{r['dataset']}/{r['model']}", [])
         rows[:] = [x for x in rows if (x["kind"], x["budget"]) != (kind, budget)] + [_row(r, kind, budget)]
         stored["machine"] = _common.machine()
@@ -268,7 +347,7 @@ def main() -> None:
             ap.error("--model is required to measure")
         if args.drop_auto:
             rows = stored["rows"].get(f"{args.dataset}/{args.model}", [])
-            rows[:] = [r for r in rows if r["kind"] == "uniform"]
+            rows[:] = [r for r in rows if not r["kind"].startswith("auto")]
         if args.judge:
             judge_study(args.model, args.dataset, args.judge, stored)
         measure(args.model, args.dataset, args.uniform, args.max_loss, stored)
