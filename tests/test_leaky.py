@@ -166,3 +166,42 @@ def test_max_pool_after_leaky_is_refused_by_name():
                           nn.Linear(4 * 4 * 4, 2)).double()
     with pytest.raises(sc.UnsupportedOperationError, match="max-pools the output of leaky ReLU"):
         sc.convert(model, torch.randn(8, 3, 8, 8, dtype=torch.float64), timesteps=4)
+
+
+def test_a_codes_own_parameters_are_named_by_the_code_and_handled_by_name(tmp_path):
+    """The leaky slope is the leaky code's own parameter: the code names it, fixed point rounds
+    what the code names (and nothing on a one-population layer), export writes it by name."""
+    from spikeconverter.codes import LEAKY, UNSIGNED
+
+    g = torch.Generator().manual_seed(0)
+    model = build(PReLUNet)
+    calib = torch.randn(16, 3, 8, 8, generator=g, dtype=torch.float64)
+    snn = sc.convert(model, calib, timesteps=3)
+    acts = [m for m in snn.gm.modules() if isinstance(m, sc.graph.SpikeActivation) and not m.signed]
+    leaky = [m for m in acts if m.code is LEAKY]
+    assert leaky and all(set(m.code.own_params(m)) == {"slope"} for m in leaky)
+    assert all(m.code.own_params(m) == {} and m.code.argument(m, calib) is None for m in acts if m.code is UNSIGNED)
+    for m in leaky:  # what export writes is what the code's methods take, shaped over z
+        slope = m.code.own_params(m)["slope"]
+        z = torch.zeros(2, slope.numel() if torch.is_tensor(slope) else 4, 8, 8, dtype=torch.float64)
+        shaped = m.code.own_shaped(m, z)["slope"]
+        assert torch.equal(shaped, torch.as_tensor(m.code.argument(m, z)).to(shaped.dtype))
+    # fixed point rounds exactly the named parameters onto a grid of 12 significant bits
+    fp = sc.convert(model, calib, timesteps=3, fixed_point=True)
+    fp_leaky = [m for m in fp.gm.modules() if isinstance(m, sc.graph.SpikeActivation) and m.leaky]
+    for m, orig in zip(fp_leaky, leaky):
+        s, s0 = (torch.as_tensor(v.code.own_params(v)["slope"], dtype=torch.float64) for v in (m, orig))
+        f = 11 - int(torch.floor(torch.log2(s0.abs().max())))
+        assert torch.equal(s * 2.0**f, torch.round(s * 2.0**f)) and float((s - s0).abs().max()) <= 2.0 ** -f
+    # export: one tensor per named parameter of each leaky layer, a flag in its record
+    import json
+
+    import numpy as np
+
+    out = fp.export(tmp_path / "b")
+    layers = json.loads((out / "bundle.json").read_text())["layers"]
+    keys = set(np.load(out / "tensors.npz").files)
+    named = {m.layer_name for m in fp_leaky}
+    assert named and {k for k, r in layers.items() if r.get("slope")} == {k for k, r in layers.items()
+                                                                          if r["layer_name"] in named}
+    assert all((f"{k}.slope.int" in keys) == bool(r.get("slope")) for k, r in layers.items())

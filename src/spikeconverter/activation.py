@@ -89,7 +89,7 @@ class SpikeActivation(nn.Module):
         """Two spiking populations (leaky ReLU / PReLU): ON for z > 0, OFF for -slope * z."""
         return self.negative_slope is not None
 
-    def _slope_for(self, z: torch.Tensor):
+    def slope_for(self, z: torch.Tensor):
         """The slope shaped to broadcast over z (per channel: dim 1)."""
         if self.slope_map is None:
             return self._slope
@@ -97,12 +97,12 @@ class SpikeActivation(nn.Module):
 
     def off_input(self, z: torch.Tensor) -> torch.Tensor:
         """What the OFF population codes: -slope * z (its incoming weights are -slope times the ON's)."""
-        return -self._slope_for(z) * z
+        return -self.slope_for(z) * z
 
     def observed(self, z: torch.Tensor) -> torch.Tensor:
         """What calibration sees (the code says: z, |z| for the input coder, |leaky(z)| for two
         populations -- the magnitude their one threshold codes)."""
-        return self.code.observed(z, self._slope_arg(z))
+        return self.code.observed(z, self.code.argument(self, z))
 
     def extra_repr(self) -> str:
         s = f"mode={self.mode}, cap={self.cap}"
@@ -147,19 +147,16 @@ class SpikeActivation(nn.Module):
         if self.signed:
             return z
         if self.leaky:  # as F.leaky_relu / F.prelu compute it
-            return torch.where(z > 0, z, z * self._slope_for(z))
+            return torch.where(z > 0, z, z * self.slope_for(z))
         return torch.relu(z) if self.cap is None else torch.clamp(z, 0.0, self.cap)
 
     def potential(self, z: torch.Tensor) -> torch.Tensor:
         """What the spiking neuron codes for pre-activation z: z plus the bias correction."""
         return z if self.shift is None else z + self.shift
 
-    def _slope_arg(self, z: torch.Tensor):
-        return self._slope_for(z) if self.leaky else None
-
     def q(self, z: torch.Tensor) -> torch.Tensor:
         z = self.potential(z)
-        return self.code.value(z, self.params, quantize_compiled if self.compiled else quantize_fast, self._slope_arg(z))
+        return self.code.value(z, self.params, quantize_compiled if self.compiled else quantize_fast, self.code.argument(self, z))
 
     def digits(self, z: torch.Tensor) -> torch.Tensor:
         """The twin's trains [T, *z.shape] for pre-activation z (ON - OFF for two populations)."""
@@ -169,12 +166,12 @@ class SpikeActivation(nn.Module):
     def digit_pair(self, z: torch.Tensor):
         """(ON digits, OFF digits or None) [T, *z.shape]: the twin's trains of each population."""
         z = self.potential(z)
-        return self.code.digit_pair(z, self.params, self._slope_arg(z))
+        return self.code.digit_pair(z, self.params, self.code.argument(self, z))
 
     # -- the neuron, step by step (the simulator) --------------------------------------------------
     def generate_start(self, v: torch.Tensor) -> tuple:
         """Every population's potential when the generate phase starts from accumulated v."""
-        return self.code.start(v, self.params, self._slope_arg(v))
+        return self.code.start(v, self.params, self.code.argument(self, v))
 
     def generate_step(self, state: tuple) -> tuple[tuple, torch.Tensor]:
         """One generate step: (new state, spikes, ON - OFF)."""
@@ -206,7 +203,7 @@ class SpikeActivation(nn.Module):
         theta = self.train_log_theta.exp()
         if self.train_shift is not None:
             z = z + self.train_shift
-        return self.code.value(z, Params(theta, self.beta, self.timesteps, self.phi), quantize_ste, self._slope_arg(z))
+        return self.code.value(z, Params(theta, self.beta, self.timesteps, self.phi), quantize_ste, self.code.argument(self, z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":

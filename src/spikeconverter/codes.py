@@ -11,8 +11,11 @@ neuron.py. A ``Code`` says *what* is coded and by how many populations:
 
 The twin (``value``, ``digit_pair``) and the time-stepped neuron (``start``, ``step``) of one code
 live side by side here, so that they cannot drift apart; SpikeActivation, the simulator, spike
-counting and the energy model ask the layer's code instead of testing flags. A new code is one new
-class (and its tests in tests/test_codes.py and the equivalence suite).
+counting and the energy model ask the layer's code instead of testing flags. A code's own
+parameters (the leaky slope) are named by the code too (``own_params``, ``argument``): fixed point
+puts each on a grid and export writes each by name without knowing what they mean. A new code is
+one new class (and its tests in tests/test_codes.py and the equivalence suite), plus its NumPy twin
+in bundle_executor.py where it should run in the torch-free bundle.
 """
 
 from __future__ import annotations
@@ -43,6 +46,25 @@ class Code:
 
     populations = 1
     name = "unsigned"
+
+    # -- the code's own parameters (beyond Params), stored on the layer module ------------------
+    def own_params(self, layer) -> dict:
+        """The code's own parameters by name, as the layer stores them (a float, or a tensor per
+        channel). Each is a factor in [0, 1) of a potential, so a fixed-point grid for it only
+        refines the potential's grid (fixed_point.py)."""
+        return {}
+
+    def set_own_params(self, layer, values: dict) -> None:
+        """Store ``values`` (own_params' names) on the layer (fixed point's rounded values)."""
+
+    def argument(self, layer, z: torch.Tensor):
+        """What the code's methods below take as their last argument for pre-activation z: its own
+        parameters shaped to broadcast over z (None: it has none)."""
+        return None
+
+    def own_shaped(self, layer, like: torch.Tensor) -> dict:
+        """own_params shaped to broadcast over a pre-activation like ``like`` (what export writes)."""
+        return {}
 
     def coded(self, z: torch.Tensor, slope=None) -> tuple[torch.Tensor, ...]:
         """What each population codes for pre-activation z."""
@@ -115,6 +137,19 @@ class Leaky(_TwoPopulations):
     """Leaky ReLU / PReLU: ON codes z > 0, OFF codes -slope * z."""
 
     name = "leaky"
+
+    def own_params(self, layer):
+        return {"slope": layer.negative_slope}
+
+    def set_own_params(self, layer, values):
+        layer.negative_slope = values["slope"]
+
+    def argument(self, layer, z):
+        return layer.slope_for(z)
+
+    def own_shaped(self, layer, like):
+        slope = layer.slope_for(like)
+        return {"slope": slope if torch.is_tensor(slope) else torch.tensor(slope)}
 
     def coded(self, z, slope=None):
         return (z, -slope * z)

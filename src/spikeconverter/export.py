@@ -159,10 +159,9 @@ def _layer_records(snn, x1: torch.Tensor, tensors: _Tensors) -> dict:
         if m.shift is not None:
             tensors.put(f"{a.name}.shift", m.shift)
             rec["shift"] = True
-        if m.leaky:  # an OFF population codes -slope * z (codes.py); the slope shaped to broadcast over z
-            slope = m._slope_for(zeros[a])
-            tensors.put(f"{a.name}.slope", slope if torch.is_tensor(slope) else torch.tensor(slope))
-            rec["slope"] = True
+        for name, value in m.code.own_shaped(m, zeros[a]).items():  # the code's own parameters (codes.py)
+            tensors.put(f"{a.name}.{name}", value)
+            rec[name] = True
         layers[a.name] = rec
     for p in plan.pools:
         if not plan.is_analog(p):

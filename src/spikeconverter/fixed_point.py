@@ -33,7 +33,7 @@ from .plan import GraphPlan, ancestors, node_values
 
 WEIGHT_BITS = 12
 THETA_BITS = 12
-SLOPE_BITS = 12
+OWN_BITS = 12  # a code's own parameters (the leaky slope)
 INPUT_BITS = 12  # fractional bits of the analog input grid
 EXACT_LIMIT = 2.0**53  # integers below 2^53 are exact in float64
 
@@ -138,7 +138,7 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
     env = node_values(gm, torch.zeros((1,) + tuple(input_shape), dtype=torch.float64, device=dev))
     spikers = plan.spikers
     grid = {}  # source -> fractional bits of the values it sends
-    slope_bits = {}  # leaky layer -> fractional bits of its slope
+    own_bits = {}  # layer -> fractional bits of its code's own parameters (the leaky slope)
     for a in spikers:
         m = gm.get_submodule(a.target)
         if float(m.beta) not in (1.0, 2.0):
@@ -150,8 +150,8 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
             t, f = round_significant(torch.tensor([m.theta], dtype=torch.float64), THETA_BITS)
             m.theta = float(t)
         grid[a] = f + m.timesteps + 1  # code step theta 2^-T, and the offset phi theta 2^-T (phi = 1/2)
-        if m.leaky:
-            slope_bits[a] = _round_slope(m)
+        if m.code.own_params(m):
+            own_bits[a] = _round_own_params(m)
     grid[plan.input] = INPUT_BITS
     for p in gm.graph.nodes:
         if p in plan.pools:
@@ -194,19 +194,22 @@ def apply(plan: GraphPlan, input_shape: tuple) -> list[tuple[int, float, float]]
                 act.shift = torch.round(act.shift.double() * 2.0**e).div(2.0**e).to(act.shift.dtype)
                 c += float(act.shift.abs().max())
         bounds.append((e, c, k))
-        if sink in slope_bits:  # the OFF potential -slope (v - offset) + offset: |slope| < 1, a finer grid
-            bounds.append((e + slope_bits[sink], c, k))
+        if sink in own_bits:  # e.g. the leaky OFF potential -slope (v - offset) + offset: factors below 1, a finer grid
+            bounds.append((e + own_bits[sink], c, k))
     return bounds
 
 
-def _round_slope(act) -> int:
-    """Round a leaky layer's slope (a float, or per channel) to SLOPE_BITS significant bits on one
-    grid 2^-F; returns F. Every slope is in [0, 1)."""
-    s = act.negative_slope
-    t = s.double() if torch.is_tensor(s) else torch.tensor([s], dtype=torch.float64)
-    t, f = round_significant(t, SLOPE_BITS)
-    act.negative_slope = t.to(s.dtype) if torch.is_tensor(s) else float(t[0])
-    return f
+def _round_own_params(act) -> int:
+    """Round each of the layer code's own parameters (codes.py; a float, or per channel: the leaky
+    slope) to OWN_BITS significant bits on one grid 2^-F per parameter; returns the largest F.
+    Every such parameter is a factor in [0, 1) (the code's contract)."""
+    rounded, bits = {}, 0
+    for name, s in act.code.own_params(act).items():
+        t = s.double() if torch.is_tensor(s) else torch.tensor([s], dtype=torch.float64)
+        t, f = round_significant(t, OWN_BITS)
+        rounded[name], bits = (t.to(s.dtype) if torch.is_tensor(s) else float(t[0])), max(bits, f)
+    act.code.set_own_params(act, rounded)
+    return bits
 
 
 def round_input(x: torch.Tensor) -> torch.Tensor:
