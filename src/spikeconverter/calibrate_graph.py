@@ -153,20 +153,15 @@ def choose_thresholds(plan: GraphPlan, mods: dict, method, threshold, beta, time
             theta, err = choose_threshold(m.observer, caps[a], threshold, b, T, p)
             chosen[a] = (theta, b, err)
         return chosen
-    groups = beta_groups(plan)
-    chosen = {}
-    for gid in set(groups.values()):
-        members = [a for a in plan.spikers if groups[a] == gid]
-        cands = BETA_CANDIDATES if beta == "search" else (float(beta),)
-        best = None
-        for b in cands:
-            res = {a: choose_threshold(mods[a].observer, caps[a], threshold, b, timesteps[a], phi) for a in members}
-            total = sum(err for _, err in res.values())
-            if best is None or total < best[0]:
-                best = (total, b, res)
-        for a in members:
-            chosen[a] = (best[2][a][0], best[1], best[2][a][1])
-    return chosen
+    tried: dict = {}  # (node, beta) -> (theta, error): the group search's choices are reused
+
+    def choose(a, b):
+        if (a, b) not in tried:
+            tried[a, b] = choose_threshold(mods[a].observer, caps[a], threshold, b, timesteps[a], phi)
+        return tried[a, b]
+
+    betas = _group_betas(plan, beta, lambda a, b: choose(a, b)[1])
+    return {a: (choose(a, betas[a])[0], betas[a], choose(a, betas[a])[1]) for a in plan.spikers}
 
 
 def channel_shape(theta: torch.Tensor, out_shape: tuple) -> torch.Tensor:
