@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from spikeconverter.cli import main
 from spikeconverter.models import shipped_checkpoint
@@ -361,3 +362,27 @@ def test_finetune_cli_writes_a_network_that_evaluate_reads(tmp_path):
     d = json.loads(j.read_text())
     assert d["timesteps"] == 2 and d["finetune"]["epochs"] == 1 and len(d["finetune"]["train_loss"]) == 1
     assert d["model"] == "resnet20" and d["latency_steps"] == 2 * (d["spiking_depth"] + 1)
+
+
+def test_evaluate_seed_draws_another_calibration_sample(monkeypatch):
+    """--seed reaches evaluate(): another seed, other calibration images (the judge of -T auto and a
+    --limit subset follow the same seed); the JSON records it."""
+    from spikeconverter import cli
+    from spikeconverter import evaluate as ev
+    from spikeconverter.workload import calibration_data
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(**kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(ev, "evaluate", fake)
+    with pytest.raises(Stop):
+        cli._evaluate(cli.build_parser().parse_args(["evaluate", "--model", "resnet20", "--seed", "2"]))
+    assert seen["seed"] == 2
+    a, b = (calibration_data("cifar10", 8, seed=s) for s in (0, 2))
+    assert not torch.equal(a, b)

@@ -96,7 +96,8 @@ def _evaluate(args) -> int:
                  threshold=args.threshold, phi=args.phi, data_root=args.data, quiet=args.quiet,
                  compile=not args.no_compile, download=args.download, snn=snn, device=args.device,
                  precision=args.precision, energy_model=args.energy_model, data_free=args.data_free,
-                 max_loss=args.max_loss, latency=args.latency, selection_images=args.selection, **_calibration(args))
+                 max_loss=args.max_loss, latency=args.latency, selection_images=args.selection, seed=args.seed,
+                 **_calibration(args))
     if distributed.rank() == 0:  # torchrun: every rank holds the same numbers; one reports them
         print(format_evaluate(r))
         if args.json:
@@ -450,6 +451,9 @@ def _add_evaluate(sub, runtime: list) -> None:
                    help="fast: the exact twin; simulate: the time-stepped spiking network")
     e.add_argument("--threshold", default=None, help="mse (default), max, percentile:P")
     e.add_argument("--phi", type=float, default=0.5, help="offset: 0.5 rounds, 0 truncates")
+    e.add_argument("--seed", type=int, default=0,
+                   help="which random training images calibrate (and judge -T auto), and which test images --limit "
+                        "keeps: another seed is another calibration sample (how much a result depends on it)")
     _data_free(e)
     e.add_argument("--energy-model", default="default", metavar="default|ops-only|FILE",
                    help="energy per image: the hardware cost model (default; docs/method.md), the 45 nm operation "

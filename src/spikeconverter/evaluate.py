@@ -201,7 +201,7 @@ def evaluate(model: str = "resnet20", dataset: str = "cifar10", timesteps: int |
                         **budget, **dict(zip(CALIBRATION_KEYS, options))))
     out = {"model": model, "dataset": dataset,
            **_measure(snn, net, info, test, 0 if data_free else len(calib), engine, batch_size, quiet, compile, t0)}
-    out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)), precision=precision)
+    out.update(phi=phi, calibration_options=dict(zip(CALIBRATION_KEYS, options)), precision=precision, seed=seed)
     if data_free:
         out["data_free"] = snn.calibration.get("data_free")
     if "timesteps_search" in snn.calibration:
