@@ -18,6 +18,10 @@ Fine-tuned rows: `--add` takes `evaluate --snn FILE --json` of a network that `f
 (T per layer: the allocation a search printed); the shipped fine-tuned networks (one T) are read
 from docs/finetune.json at render time, not copied. `--add` also takes `-T auto --latency N` rows.
 
+Calibration samples: `--add` rows of `evaluate --seed S` (another sample of calibration
+images) join the row of the same command; the table lists them, the plot draws their spread, and
+the targets are judged on the worst sample measured.
+
 Published points are drawn as such -- losses their authors report for their own ANNs (trained for
 conversion) and data, not measured here.
 """
@@ -53,6 +57,7 @@ def _row(r: dict, kind: str, budget) -> dict:
                 search_loss_pp_converted=search.get("loss_pp_converted"), search_network=search.get("network"),
                 search_seconds=search.get("seconds"),
                 search_evaluations=search.get("evaluations"), seconds_convert=r["seconds_convert"],
+                seed=r.get("seed", 0),
                 **({"snn_file": r.get("snn_file"), "finetune": r["finetune"]} if "finetune" in r else {}))
 
 
@@ -87,7 +92,7 @@ def finetuned_rows(key: str) -> list:
 def measure(model: str, dataset: str, uniform, losses, stored: dict) -> None:
     key = f"{dataset}/{model}"
     rows = stored["rows"].setdefault(key, [])
-    done = {(r["kind"], r["budget"]) for r in rows}
+    done = {(r["kind"], r["budget"]) for r in rows if r.get("seed", 0) == 0}
     todo = [("uniform", T) for T in uniform] + [("auto max-loss", b) for b in losses]
     for kind, budget in todo:
         if (kind, budget) in done:
@@ -172,7 +177,22 @@ STYLE = {  # kind: (marker and line, legend)
 
 
 def _all_rows(stored: dict, key: str) -> list:
-    return stored["rows"].get(key, []) + finetuned_rows(key)
+    """One row per (kind, budget): the first calibration sample's (seed 0) figures, plus ``samples``
+    (SNN - ANN of every sample measured, by seed) and ``worst_pp`` (the lowest of them)."""
+    groups: dict = {}
+    for r in stored["rows"].get(key, []) + finetuned_rows(key):
+        groups.setdefault((r["kind"], r["budget"]), []).append(r)
+    out = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda r: r.get("seed", 0))
+        out.append(dict(rows[0], samples={r.get("seed", 0): r["difference_pp"] for r in rows},
+                        worst_pp=min(r["difference_pp"] for r in rows)))
+    return out
+
+
+def _samples_text(r: dict) -> str:
+    n = len(r["samples"])
+    return "1 sample" if n == 1 else f"worst of {n} samples {r['worst_pp']:+.2f}"
 
 
 def _what(r: dict) -> str:
@@ -189,25 +209,26 @@ def _verdict(rows: list, target: int, within: float) -> str:
     how far the best row within the target's latency is from the loss budget."""
     if not rows:
         return "not measured yet"
-    ok = [r for r in rows if r["difference_pp"] >= -within]
+    ok = [r for r in rows if r["worst_pp"] >= -within]  # in every calibration sample measured
     short = [r for r in rows if r["latency_steps"] <= target]
-    near = max(short, key=lambda r: r["difference_pp"]) if short else None
-    at_target = (f"; within {target} steps the best measured is {near['difference_pp']:+.2f} pp ({_what(near)}, "
-                 f"{near['latency_steps']} steps)" if near else "")
+    near = max(short, key=lambda r: r["worst_pp"]) if short else None
+    at_target = (f"; within {target} steps the best measured is {near['worst_pp']:+.2f} pp ({_what(near)}, "
+                 f"{near['latency_steps']} steps, {_samples_text(near)})" if near else "")
     if not ok:
         return f"no measured row within {within} pp yet" + at_target
     best = min(ok, key=lambda r: r["latency_steps"])
+    what = f"{_what(best)}, {best['difference_pp']:+.2f} pp, {_samples_text(best)}"
     if best["latency_steps"] <= target:
-        return f"**met**: {best['latency_steps']} steps ({_what(best)}, {best['difference_pp']:+.2f} pp)"
+        return f"**met**: {best['latency_steps']} steps ({what})"
     return (f"missed by {best['latency_steps'] - target} steps (shortest within {within} pp: {best['latency_steps']}, "
-            f"{_what(best)}, {best['difference_pp']:+.2f} pp)" + at_target)
+            f"{what})" + at_target)
 
 
 def _target_lines(stored: dict, within: float = 0.5) -> list:
-    lines = ["", f"Targets (within {within} pp of the ANN on the test images; one calibration sample, the issue asks "
-             "for the worst of three):", ""]
+    lines = ["", f"Targets (within {within} pp of the ANN on the test images in every calibration sample measured "
+             "-- the issue asks for the worst of three; each verdict says how many there were):", ""]
     for key, target in TARGETS.items():
-        rows = [r for r in stored["rows"].get(key, []) if r["kind"] in POST_TRAINING]
+        rows = [r for r in _all_rows(stored, key) if r["kind"] in POST_TRAINING]
         lines.append(f"- {key}, post-training, <= {target} steps: {_verdict(rows, target, within)}")
     for key, target in FINETUNED_TARGETS.items():
         rows = [r for r in _all_rows(stored, key) if r["kind"] not in POST_TRAINING]
@@ -261,17 +282,18 @@ def _search_cells(r: dict) -> tuple:
 
 
 def render(stored: dict) -> None:
-    lines = ["| data / model | how | T | latency (steps) | SNN - ANN (pp, test) "
-             "| loss in the search (training images) | search cost |", "|---|---|---|---|---|---|---|"]
+    lines = ["| data / model | how | T | latency (steps) | SNN - ANN (pp, test) | other calibration samples "
+             "| loss in the search (training images) | search cost |", "|---|---|---|---|---|---|---|---|"]
     for key in stored["rows"]:
         for r in sorted(_all_rows(stored, key), key=lambda r: (r["kind"] not in POST_TRAINING, r["latency_steps"])):
             per = r["timesteps_per_layer"]
             T = f"per layer {min(per.values())}-{max(per.values())}" if per else str(r["timesteps"])
             how = {"uniform": "one T"}.get(r["kind"], _what(r).replace(f" at T = {r['timesteps']}", ""))
             search, cost = _search_cells(r)
-            lines.append(f"| {key} | {how} | {T} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {search} "
-                         f"| {cost} |")
-    auto = [r for rows in stored["rows"].values() for r in rows if r["kind"] == "auto max-loss"]
+            others = ", ".join(f"seed {k}: {v:+.2f}" for k, v in r["samples"].items() if k != r.get("seed", 0)) or "-"
+            lines.append(f"| {key} | {how} | {T} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {others} "
+                         f"| {search} | {cost} |")
+    auto = [r for rows in stored["rows"].values() for r in rows if r["kind"] == "auto max-loss" and r.get("seed", 0) == 0]
     over = [-r["difference_pp"] - r["budget"] for r in auto]
     span = f"{min(over):+.2f}" if auto and min(over) == max(over) else (f"{min(over):+.2f} to {max(over):+.2f}" if auto else "")
     lines += ["", f"On the test images the rows with a loss budget ended {span} pp beyond their budgets (negative: "
@@ -300,9 +322,13 @@ def render(stored: dict) -> None:
         rows = _all_rows(stored, key)
         fig, ax = plt.subplots(figsize=(6, 4.8))
         for kind, (style, label) in STYLE.items():
-            pts = sorted((r["latency_steps"], r["difference_pp"]) for r in rows if r["kind"] == kind)
+            mine = [r for r in rows if r["kind"] == kind]
+            pts = sorted((r["latency_steps"], r["difference_pp"]) for r in mine)
             if pts:
-                ax.plot(*zip(*pts), style, label=label)
+                line = ax.plot(*zip(*pts), style, label=label)[0]
+                for r in mine:  # the spread over calibration samples, where more than one was measured
+                    if len(r["samples"]) > 1:
+                        ax.vlines(r["latency_steps"], r["worst_pp"], max(r["samples"].values()), color=line.get_color())
         for label, m, d, loss, steps in PUBLISHED:
             if (m, d) == (model, dataset):
                 ax.plot([steps], [loss], "k^", label=f"published: {label}")
@@ -339,7 +365,8 @@ def main() -> None:
         r = json.loads(open(f).read())
         kind, budget = _kind(r)
         rows = stored["rows"].setdefault(f"{r['dataset']}/{r['model']}", [])
-        rows[:] = [x for x in rows if (x["kind"], x["budget"]) != (kind, budget)] + [_row(r, kind, budget)]
+        new = _row(r, kind, budget)
+        rows[:] = [x for x in rows if (x["kind"], x["budget"], x.get("seed", 0)) != (kind, budget, new["seed"])] + [new]
         stored["machine"] = _common.machine()
         PATH.write_text(json.dumps(stored, indent=1) + "\n")
     if not args.render:
