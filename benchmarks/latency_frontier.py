@@ -57,8 +57,14 @@ def _row(r: dict, kind: str, budget) -> dict:
                 search_loss_pp_converted=search.get("loss_pp_converted"), search_network=search.get("network"),
                 search_seconds=search.get("seconds"),
                 search_evaluations=search.get("evaluations"), seconds_convert=r["seconds_convert"],
-                seed=r.get("seed", 0),
+                seed=r.get("seed", 0), search_mixed=_mixed_found(search),
                 **({"snn_file": r.get("snn_file"), "finetune": r["finetune"]} if "finetune" in r else {}))
+
+
+def _mixed_found(search: dict):
+    """[latency, judged loss] of the last allocation with mixed T the search reached (None: none)."""
+    mixed = [st for st in search.get("steps", []) if not st.get("uniform") and len(set(st["timesteps"].values())) > 1]
+    return [mixed[-1]["latency"], mixed[-1]["loss_pp"]] if mixed else None
 
 
 def _kind(r: dict) -> tuple:
@@ -274,6 +280,9 @@ def _search_cells(r: dict) -> tuple:
         return f"- ({r['finetune'].get('epochs')} epochs of fine-tuning)", "-"
     se = f" +- {r['search_loss_se_pp']:.2f}" if r.get("search_loss_se_pp") is not None else ""
     kept = {"calibrated for the allocation": "recalibrated"}.get(r.get("search_network"), "searched")
+    if not r["timesteps_per_layer"] and r.get("search_mixed"):
+        kept += (f" (one T: the last mixed allocation reached, {r['search_mixed'][0]} steps, was judged "
+                 f"{r['search_mixed'][1]:+.2f})")
     search = (f"{r['search_loss_pp']:+.2f}{se} as searched, {r['search_loss_pp_converted']:+.2f} recalibrated; "
               f"kept: {kept}; {r.get('search_images') or 1024} images" if r.get("search_loss_pp") is not None else "-")
     cost = (f"{r['search_evaluations']} evaluations, {r['search_seconds']:.0f} s"
