@@ -148,6 +148,10 @@ class _Allocations:
             m.timesteps = src.timesteps
         return self.work
 
+    def calibrated(self, alloc):
+        """The allocation converted for itself (calibrated with its mixed T), not the working network."""
+        return convert(self.model, self.calibration, timesteps=self.named(alloc), **self.kw)
+
     def named(self, alloc) -> dict[str, int]:
         return dict(zip(self.names, alloc))
 
@@ -184,18 +188,22 @@ def _moves(judge: _Judge, allocs: _Allocations, alloc, cur, lowest) -> list:
 
 def _against_uniform(judge: _Judge, allocs: _Allocations, candidates, latency, alloc, cur, steps) -> tuple:
     """The descent's allocation or the longest uniform T within the latency budget, whichever loses
-    less on the selection images (ties: the uniform T, the simpler network). The uniform T's row is
-    added to ``steps`` with ``"uniform": True`` so the report shows what was compared."""
+    less on the selection images (ties: the uniform T, the simpler network). The allocation is judged
+    as searched and calibrated for itself (its bias corrections then see the mixed T upstream; the
+    search's use the uniform conversions'), the better of the two counting (the descent's last step
+    records both). The uniform T's row is added to ``steps`` with ``"uniform": True``."""
     n = len(allocs.spikers)
     fits = [T for T in candidates if allocs.latency([T] * n) <= latency]
     if not fits or len(set(alloc)) == 1:
         return alloc, cur
+    steps[-1]["loss_pp_recalibrated"] = judge.loss(allocs.calibrated(alloc))
+    mixed = min(cur["loss_pp"], steps[-1]["loss_pp_recalibrated"])
     T = fits[-1]
     uni = [T] * n
     net = allocs.apply(uni)
     other = dict(latency=allocs.latency(uni), loss_pp=judge.loss(net), divergence=judge.divergence(net))
     steps.append(dict(other, timesteps=allocs.named(uni), uniform=True))
-    return (uni, other) if other["loss_pp"] <= cur["loss_pp"] else (alloc, cur)
+    return (uni, other) if other["loss_pp"] <= mixed else (alloc, cur)
 
 
 def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Tensor, *,
