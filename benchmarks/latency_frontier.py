@@ -169,6 +169,15 @@ def _judge_lines(stored: dict) -> list:
     return lines
 
 
+# where each fine-tuned row's T per layer came from, and its fine-tuning recipe (the commands are in
+# the `finetune` section of docs/training.md; the network file records the recipe too)
+FINETUNED_FROM = {
+    "cifar10/resnet20": "T from `-T auto --latency 60`'s last mixed allocation (58 steps); all 50,000 training "
+                        "images, 4 epochs, as the shipped T = 3 network",
+    "cifar10/vgg16": "T from `-T auto --latency 35 --selection 2048`'s last mixed allocation (35 steps); a fixed "
+                     "10,000-image subset, 4 epochs, distillation 0.5 (the MobileNet-v2 recipe: faster)",
+}
+
 # issue 28's targets: end-to-end steps within 0.5 pp of the ANN, post-training and fine-tuned
 TARGETS = {"cifar10/resnet20": 85, "cifar10/vgg16": 50, "cifar10/mobilenet_v2": 150, "imagenette/resnet34": 150}
 FINETUNED_TARGETS = {"cifar10/resnet20": 60, "cifar10/vgg16": 35}
@@ -277,7 +286,7 @@ def _search_cells(r: dict) -> tuple:
     if r.get("source"):
         return f"- (from {r['source']})", "-"
     if r.get("finetune"):
-        return f"- ({r['finetune'].get('epochs')} epochs of fine-tuning)", "-"
+        return f"- ({FINETUNED_FROM.get(r.get('key'), str(r['finetune'].get('epochs')) + ' epochs of fine-tuning')})", "-"
     se = f" +- {r['search_loss_se_pp']:.2f}" if r.get("search_loss_se_pp") is not None else ""
     kept = {"calibrated for the allocation": "recalibrated"}.get(r.get("search_network"), "searched")
     if not r["timesteps_per_layer"] and r.get("search_mixed"):
@@ -298,7 +307,7 @@ def render(stored: dict) -> None:
             per = r["timesteps_per_layer"]
             T = f"per layer {min(per.values())}-{max(per.values())}" if per else str(r["timesteps"])
             how = {"uniform": "one T"}.get(r["kind"], _what(r).replace(f" at T = {r['timesteps']}", ""))
-            search, cost = _search_cells(r)
+            search, cost = _search_cells(dict(r, key=key))
             others = ", ".join(f"seed {k}: {v:+.2f}" for k, v in r["samples"].items() if k != r.get("seed", 0)) or "-"
             lines.append(f"| {key} | {how} | {T} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {others} "
                          f"| {search} | {cost} |")
