@@ -201,6 +201,7 @@ def _all_rows(stored: dict, key: str) -> list:
     for rows in groups.values():
         rows = sorted(rows, key=lambda r: r.get("seed", 0))
         out.append(dict(rows[0], samples={r.get("seed", 0): r["difference_pp"] for r in rows},
+                        sample_latency={r.get("seed", 0): r["latency_steps"] for r in rows},
                         worst_pp=min(r["difference_pp"] for r in rows)))
     return out
 
@@ -309,7 +310,9 @@ def render(stored: dict) -> None:
             T = f"per layer {min(per.values())}-{max(per.values())}" if per else str(r["timesteps"])
             how = {"uniform": "one T"}.get(r["kind"], _what(r).replace(f" at T = {r['timesteps']}", ""))
             search, cost = _search_cells(dict(r, key=key))
-            others = ", ".join(f"seed {k}: {v:+.2f}" for k, v in r["samples"].items() if k != r.get("seed", 0)) or "-"
+            others = ", ".join(f"seed {k}: {v:+.2f}" + (f" at {r['sample_latency'][k]} steps" if r["sample_latency"][k]
+                                                             != r["latency_steps"] else "")
+                               for k, v in r["samples"].items() if k != r.get("seed", 0)) or "-"
             lines.append(f"| {key} | {how} | {T} | {r['latency_steps']} | {r['difference_pp']:+.2f} | {others} "
                          f"| {search} | {cost} |")
     auto = [r for rows in stored["rows"].values() for r in rows if r["kind"] == "auto max-loss" and r.get("seed", 0) == 0]
@@ -325,7 +328,8 @@ def render(stored: dict) -> None:
               "column; +- one paired standard error), an estimate: the test loss can exceed the budget, and the table "
               "shows by how much. Fine-tuned rows with T per layer: `spikeconverter finetune -T <the T a search "
               "printed>` then `evaluate --snn FILE` (docs/training.md); fine-tuned rows with one T are the shipped "
-              "networks of docs/finetune.json. Published points (plot only): "
+              "networks of docs/finetune.json. In the plots a vertical bar spans one row's calibration samples; a hollow marker "
+              "is another sample whose search chose other T (so another latency). Published points (plot only): "
               + "; ".join(f"{p[0]}: {p[3]:+.2f} pp at {p[4]} steps on {p[1]}/{p[2]}" for p in PUBLISHED)
               + f". Machine: {stored.get('machine')}. Regenerate: `python benchmarks/latency_frontier.py --render`."]
     _common.replace_section(readme_headline.DOCS / "results.md", "latency", "\n".join(lines),
@@ -346,8 +350,13 @@ def render(stored: dict) -> None:
             if pts:
                 line = ax.plot(*zip(*pts), style, label=label)[0]
                 for r in mine:  # the spread over calibration samples, where more than one was measured
-                    if len(r["samples"]) > 1:
-                        ax.vlines(r["latency_steps"], r["worst_pp"], max(r["samples"].values()), color=line.get_color())
+                    same = [v for k, v in r["samples"].items() if r["sample_latency"][k] == r["latency_steps"]]
+                    if len(same) > 1:
+                        ax.vlines(r["latency_steps"], min(same), max(same), color=line.get_color())
+                    moved = [(r["sample_latency"][k], v) for k, v in r["samples"].items()
+                             if r["sample_latency"][k] != r["latency_steps"]]  # a search that chose other T
+                    if moved:
+                        ax.plot(*zip(*moved), style[0], mfc="none", color=line.get_color())
         for label, m, d, loss, steps in PUBLISHED:
             if (m, d) == (model, dataset):
                 ax.plot([steps], [loss], "k^", label=f"published: {label}")
