@@ -381,3 +381,8 @@ def test_a_latency_budget_that_a_uniform_T_fits_exactly_still_tries_mixed_T():
     mixed = min(descent[-1]["loss_pp"], descent[-1]["loss_pp_recalibrated"])  # as searched, or calibrated for itself
     kept = uniform[0] if uniform[0]["loss_pp"] <= mixed else descent[-1]
     assert s.timesteps == kept["timesteps"] and s.loss_pp == kept["loss_pp"] and s.latency <= budget
+    # a kept mixed allocation hands convert() the network calibrated for it: the one convert() makes
+    assert (s.calibrated is not None) == (kept is descent[-1])
+    if s.calibrated is not None:
+        with torch.no_grad():
+            assert torch.equal(s.calibrated(x[:4]), sc.convert(model, calib, timesteps=s.timesteps)(x[:4]))

@@ -19,8 +19,9 @@ The search (greedy descent, documented in docs/method.md):
    (mean KL of the softmax outputs on a small scoring subset) per step saved, takes the best one
    whose accuracy loss on all selection images stays within ``max_loss`` (trying at most three),
    and stops when none does (``max_loss``) or once the latency is within budget (``latency``).
-   With ``latency`` the allocation found is then judged against the longest uniform T within the
-   budget, and the one with the smaller loss on the selection images is kept.
+   With ``latency`` the allocation found (judged as searched and calibrated for itself, the better
+   counting) is then compared with the longest uniform T within the budget, and the one with the
+   smaller loss on the selection images is kept.
 The chosen allocation is then converted again, calibrated with mixed T (convert.py); of that
 network and the one the search judged (thresholds of the uniform conversions) the one with the
 smaller loss on the selection images is returned -- both are exact spiking networks -- and both
@@ -113,6 +114,7 @@ class _Allocations:
         self.model, self.calibration, self.kw, self.progress, self.t0 = model, calibration, convert_kw, progress, t0
         self.nets: dict[int, object] = {}
         self.work = self.mods = None
+        self.last_calibrated = None  # (allocation, the network calibrated for it)
 
     def uniform(self, T: int):
         if T not in self.nets:
@@ -196,7 +198,8 @@ def _against_uniform(judge: _Judge, allocs: _Allocations, candidates, latency, a
     fits = [T for T in candidates if allocs.latency([T] * n) <= latency]
     if not fits or len(set(alloc)) == 1:
         return alloc, cur
-    steps[-1]["loss_pp_recalibrated"] = judge.loss(allocs.calibrated(alloc))
+    allocs.last_calibrated = (list(alloc), allocs.calibrated(alloc))  # convert() reuses it if kept
+    steps[-1]["loss_pp_recalibrated"] = judge.loss(allocs.last_calibrated[1])
     mixed = min(cur["loss_pp"], steps[-1]["loss_pp_recalibrated"])
     T = fits[-1]
     uni = [T] * n
@@ -253,4 +256,6 @@ def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Ten
                     round(time.time() - t0, 1), len(images),
                     {"max_loss_pp": max_loss} if max_loss is not None else {"latency_steps": latency})
     search.network = work  # the allocation with the uniform conversions' thresholds (what was judged)
+    last = allocs.last_calibrated
+    search.calibrated = last[1] if last is not None and last[0] == list(alloc) else None  # saves a conversion
     return search

@@ -318,7 +318,9 @@ def _convert_auto(model, calibration, data_free, max_loss, latency, selection, p
         judged_on = "held-out training images"
     search = choose_timesteps(model, calibration, images, labels, max_loss=max_loss, latency=latency,
                               progress=progress, **search_kw)
-    snn = convert(model, calibration, timesteps=search.timesteps, progress=progress, **kw)
+    reuse = getattr(search, "calibrated", None)  # the latency search calibrated its kept allocation already
+    snn = reuse if reuse is not None and not kw.get("fixed_point") else \
+        convert(model, calibration, timesteps=search.timesteps, progress=progress, **kw)
     record = asdict(search)
     record["judged_on"] = judged_on
 

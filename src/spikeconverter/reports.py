@@ -23,8 +23,10 @@ def _search_rows(search: dict | None, uniform: bool) -> list:
     mixed = [st for st in search.get("steps", []) if not st.get("uniform") and len(set(st["timesteps"].values())) > 1]
     won = ""
     if uniform:
+        last = mixed[-1] if mixed else {}
+        loss = min(last.get("loss_pp", 0.0), last.get("loss_pp_recalibrated", math.inf))
         won = ("; one T for all layers kept: " + (
-            f"the best mixed allocation found lost more (latency {mixed[-1]['latency']}, {mixed[-1]['loss_pp']:+.2f} pp)"
+            f"the best mixed allocation found lost more (latency {last['latency']}, {loss:+.2f} pp)"
             if mixed else "no per-layer move stayed within the budget"))
     return [("T chosen", f"automatically, {budget}, on {search['images']} {search['judged_on']}: loss "
                          f"{search['loss_pp']:+.2f}{se[0]} pp as searched, {search['loss_pp_converted']:+.2f}"
