@@ -114,7 +114,6 @@ class _Allocations:
         self.model, self.calibration, self.kw, self.progress, self.t0 = model, calibration, convert_kw, progress, t0
         self.nets: dict[int, object] = {}
         self.work = self.mods = None
-        self.last_calibrated = None  # (allocation, the network calibrated for it)
 
     def uniform(self, T: int):
         if T not in self.nets:
@@ -193,20 +192,21 @@ def _against_uniform(judge: _Judge, allocs: _Allocations, candidates, latency, a
     less on the selection images (ties: the uniform T, the simpler network). The allocation is judged
     as searched and calibrated for itself (its bias corrections then see the mixed T upstream; the
     search's use the uniform conversions'), the better of the two counting (the descent's last step
-    records both). The uniform T's row is added to ``steps`` with ``"uniform": True``."""
+    records both). The uniform T's row is added to ``steps`` with ``"uniform": True``. Returns
+    (allocation, its record, the network calibrated for it or None) -- convert() reuses that one."""
     n = len(allocs.spikers)
     fits = [T for T in candidates if allocs.latency([T] * n) <= latency]
     if not fits or len(set(alloc)) == 1:
-        return alloc, cur
-    allocs.last_calibrated = (list(alloc), allocs.calibrated(alloc))  # convert() reuses it if kept
-    steps[-1]["loss_pp_recalibrated"] = judge.loss(allocs.last_calibrated[1])
+        return alloc, cur, None
+    calibrated = allocs.calibrated(alloc)
+    steps[-1]["loss_pp_recalibrated"] = judge.loss(calibrated)
     mixed = min(cur["loss_pp"], steps[-1]["loss_pp_recalibrated"])
     T = fits[-1]
     uni = [T] * n
     net = allocs.apply(uni)
     other = dict(latency=allocs.latency(uni), loss_pp=judge.loss(net), divergence=judge.divergence(net))
     steps.append(dict(other, timesteps=allocs.named(uni), uniform=True))
-    return (uni, other) if other["loss_pp"] <= mixed else (alloc, cur)
+    return (uni, other, None) if other["loss_pp"] <= mixed else (alloc, cur, calibrated)
 
 
 def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Tensor, *,
@@ -249,13 +249,13 @@ def choose_timesteps(model, calibration, images: torch.Tensor, labels: torch.Ten
     if latency is not None and cur["latency"] > latency:
         raise ValueError(f"no allocation with T >= {candidates[0]} reaches a latency of {latency} steps "
                          f"(shortest found: {cur['latency']})")
+    calibrated = None
     if latency is not None:
-        alloc, cur = _against_uniform(judge, allocs, candidates, latency, alloc, cur, steps)
+        alloc, cur, calibrated = _against_uniform(judge, allocs, candidates, latency, alloc, cur, steps)
     work = allocs.apply(alloc)  # the chosen allocation (the last move tried may have been refused)
     search = Search(allocs.named(alloc), cur["latency"], cur["loss_pp"], judge.standard_error(work), steps, judge.count,
                     round(time.time() - t0, 1), len(images),
                     {"max_loss_pp": max_loss} if max_loss is not None else {"latency_steps": latency})
     search.network = work  # the allocation with the uniform conversions' thresholds (what was judged)
-    last = allocs.last_calibrated
-    search.calibrated = last[1] if last is not None and last[0] == list(alloc) else None  # saves a conversion
+    search.calibrated = calibrated  # the kept allocation calibrated for itself, if made: saves a conversion
     return search

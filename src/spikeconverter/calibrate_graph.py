@@ -161,7 +161,11 @@ def choose_thresholds(plan: GraphPlan, mods: dict, method, threshold, beta, time
         return tried[a, b]
 
     betas = _group_betas(plan, beta, lambda a, b: choose(a, b)[1])
-    return {a: (choose(a, betas[a])[0], betas[a], choose(a, betas[a])[1]) for a in plan.spikers}
+    chosen = {}
+    for a in plan.spikers:
+        theta, err = choose(a, betas[a])
+        chosen[a] = (theta, betas[a], err)
+    return chosen
 
 
 def channel_shape(theta: torch.Tensor, out_shape: tuple) -> torch.Tensor:
